@@ -1,0 +1,118 @@
+"""Settings: one typed object, built once per command and passed down.
+
+Precedence, highest first: command-line flags (passed as keyword arguments), ``SANDBOX_*``
+environment variables, the repository file ``<repo>/.sandbox.toml``, the user file
+``$XDG_CONFIG_HOME/sandbox/config.toml``, then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# Environment variables forwarded to the agent as secrets (never as container env).
+DEFAULT_SECRET_ENV = [
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "OPENAI_API_KEY",
+    "GEMINI_API_KEY",
+    "GOOGLE_API_KEY",
+    "OPENROUTER_API_KEY",
+]
+
+# A uid with no account on typical hosts, used for the agent when the invoking user is root.
+ROOT_FALLBACK_UID = 61000
+
+
+def _xdg(var: str, default: str) -> Path:
+    value = os.environ.get(var)
+    return Path(value) if value else Path.home() / default
+
+
+def user_config_file() -> Path:
+    return _xdg("XDG_CONFIG_HOME", ".config") / "sandbox" / "config.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
+
+    image: str = "sandbox-agent:latest"
+    base_image: str = "sandbox-base:bookworm"
+    data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "sandbox")
+    cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "sandbox")
+    agent: str = "claude"
+    model: str | None = None
+    profile: Literal["default", "locked"] = "default"
+    agent_uid: int | None = None
+    agent_gid: int | None = None
+    mock_model: Literal["auto", "on", "off"] = "auto"
+    ready_timeout: float = 90.0
+    claude_sdk_version: str = "0.2.189"
+    secret_env: list[str] = Field(default_factory=lambda: list(DEFAULT_SECRET_ENV))
+    memory: str | None = None
+    cpus: float | None = None
+    pids_limit: int = 1024
+    run_id: str | None = None
+
+    _repo_file: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        repo_file = _REPO_FILE.get("path")
+        if repo_file is not None and repo_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=repo_file))
+        user_file = user_config_file()
+        if user_file.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=user_file))
+        return tuple(sources)
+
+    def uid_gid(self) -> tuple[int, int]:
+        """The uid:gid the agent runs as: the invoking user's, never root."""
+        uid, gid = os.getuid(), os.getgid()
+        if uid == 0:
+            sudo_uid = int(os.environ.get("SUDO_UID", "0") or 0)
+            uid = sudo_uid or ROOT_FALLBACK_UID
+            gid = int(os.environ.get("SUDO_GID", "0") or 0) or uid
+        if self.agent_uid is not None:
+            uid = self.agent_uid
+        if self.agent_gid is not None:
+            gid = self.agent_gid
+        return uid, gid
+
+    def masked(self) -> dict[str, Any]:
+        """Effective settings for display, plus which secrets are set (masked)."""
+        out: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.model_dump().items()}
+        out["secrets"] = {name: _mask(os.environ[name]) for name in self.secret_env if os.environ.get(name)}
+        return out
+
+
+_REPO_FILE: dict[str, Path | None] = {"path": None}
+
+
+def _mask(value: str) -> str:
+    return "****" + value[-4:] if len(value) > 12 else "****"
+
+
+def load_settings(repo: Path | None = None, **flags: Any) -> Settings:
+    """Build the settings; flags that are None are left to the other sources."""
+    _REPO_FILE["path"] = (repo / ".sandbox.toml") if repo else None
+    return Settings(**{k: v for k, v in flags.items() if v is not None})

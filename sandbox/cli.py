@@ -1,0 +1,345 @@
+"""The command line: parse, call one library function, render. Errors leave through ``main()``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from sandbox import __version__
+from sandbox.errors import SandboxError, UsageError
+
+app = typer.Typer(
+    name="sandbox",
+    help="Every AI coding agent in its own Docker container: a git worktree mounted, tmux inside, "
+    "found again through container labels.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+image_app = typer.Typer(help="Build and inspect the agent image.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the effective settings.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+app.add_typer(config_app, name="config")
+
+RepoOpt = Annotated[Optional[Path], typer.Option("--repo", help="The repository (default: the one around the current directory).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sandbox {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """Run `sandbox COMMAND --help` for each command's options and an example."""
+
+
+def _manager(repo: Path | None = None, **flags: Any):  # type: ignore[no-untyped-def]
+    from sandbox.config import load_settings
+    from sandbox.manager import SandboxManager
+
+    return SandboxManager(load_settings(repo, **flags))
+
+
+def _err(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command()
+def spawn(
+    task: Annotated[Optional[str], typer.Argument(help="The task for the agent.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model passed to the agent (e.g. sonnet).")] = None,
+    agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="claude (default), codex, gemini, aider.")] = None,
+    agent_cmd: Annotated[Optional[str], typer.Option("--agent-cmd", help="Run any command instead of a preset.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", "-n", help="Agent name (default <model>-<n>).")] = None,
+    base: Annotated[Optional[str], typer.Option("--base", help="Start the branch from this revision (default HEAD).")] = None,
+    repo: RepoOpt = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="default, or locked (no network, read-only root).")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Agent image (default sandbox-agent:latest).")] = None,
+    mock_model: Annotated[Optional[str], typer.Option("--mock-model", help="auto (default: when no API key is set), on, off.")] = None,
+    mock_script: Annotated[Optional[Path], typer.Option("--mock-script", help="JSON script for the mock model.")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once started, before the agent is ready.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the agent as JSON.")] = False,
+) -> None:
+    """Start an agent in its own container on a new worktree and branch.
+
+    Example: sandbox spawn --model sonnet "add login rate limiting"
+    """
+    script = None
+    if mock_script is not None:
+        try:
+            script = json.loads(mock_script.read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"--mock-script {mock_script}: {e}") from e
+    mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model)
+    say = (lambda m: None) if as_json else (lambda m: _err(f"… {m}"))
+    sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
+                   mock_script=script, wait_ready=not no_wait, on_step=say)
+    if as_json:
+        typer.echo(json.dumps(sb.to_json(), indent=2))
+        return
+    typer.echo(sb.name)
+    _err(f"  branch:   {sb.branch}\n  worktree: {sb.worktree}\n  state:    {sb.state}\n"
+         f"  attach:   {' '.join(sb.attach_command())}   (or: sandbox attach {sb.name})")
+
+
+def _age(created: datetime | None) -> str:
+    if created is None:
+        return "?"
+    secs = int((datetime.now(timezone.utc) - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+@app.command("ls")
+def ls(
+    repo: RepoOpt = None,
+    all_repos: Annotated[bool, typer.Option("--all", "-a", help="Agents of every repository.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List agents (of the current repository; --all for every one), from container labels.
+
+    Example: sandbox ls --all --json
+    """
+    from sandbox import gitops
+
+    scope: Path | None = None
+    if not all_repos:
+        try:
+            scope = gitops.find_repo(repo or Path.cwd()).top
+        except SandboxError:
+            if repo is not None:
+                raise
+    found = _manager().list(repo=scope)
+    if as_json:
+        typer.echo(json.dumps([s.to_json() for s in found], indent=2))
+        return
+    rows = [["NAME", "AGENT/MODEL", "STATE", "BRANCH", "REPO", "AGE", "TASK"]]
+    for s in found:
+        am = s.labels.get("sandbox.agent", "?") + ("/" + s.labels["sandbox.model"] if s.labels.get("sandbox.model") else "")
+        rows.append([s.name, am, s.state, s.branch, Path(s.repo).name, _age(s.created), s.labels.get("sandbox.task", "")])
+    width = shutil.get_terminal_size((120, 20)).columns
+    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    for r in rows:
+        line = "  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6]
+        typer.echo(line[:width] if sys.stdout.isatty() else line)
+
+
+@app.command()
+def attach(name: str) -> None:
+    """Attach to the agent's tmux session (detach with C-b d; the agent keeps running).
+
+    Example: sandbox attach sonnet-1
+    """
+    sb = _manager().get(name)
+    argv = sb.attach_command()
+    if shutil.which("docker") is None:
+        raise SandboxError("the docker CLI is needed to attach", hint=" ".join(argv))
+    sys.stdout.flush()
+    os.execvp("docker", argv)
+
+
+@app.command()
+def send(
+    name: str,
+    text: Annotated[str, typer.Argument(help="Text typed literally into the agent's pane ('-' reads stdin).")],
+    no_enter: Annotated[bool, typer.Option("--no-enter", help="Do not press Enter after the text.")] = False,
+) -> None:
+    """Type text into the agent's pane, then press Enter.
+
+    Example: sandbox send sonnet-1 "also add a test"
+    """
+    if text == "-":
+        text = sys.stdin.read()
+    _manager().send(name, text, enter=not no_enter)
+
+
+@app.command()
+def logs(
+    name: str,
+    lines: Annotated[Optional[int], typer.Option("-n", "--lines", help="Last N lines (default: all scrollback).")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new lines.")] = False,
+) -> None:
+    """Print the agent's pane text, scrollback included.
+
+    Example: sandbox logs sonnet-1 -n 200
+    """
+    mgr = _manager()
+    if follow:
+        try:
+            for line in mgr.follow(name):
+                typer.echo(line)
+        except KeyboardInterrupt:
+            pass
+        return
+    typer.echo(mgr.logs(name, lines), nl=False)
+
+
+@app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(
+    name: str,
+    argv: Annotated[list[str], typer.Argument(help="The command and its arguments (after --).")],
+) -> None:
+    """Run a command inside the agent's container, argv preserved.
+
+    Example: sandbox exec sonnet-1 -- git log --oneline
+    """
+    mgr = _manager()
+    sb = mgr.get(name)
+    if shutil.which("docker") and sys.stdin.isatty():
+        os.execvp("docker", ["docker", "exec", "-it", "-w", str(sb.worktree), sb.container_name, *argv])
+    res = mgr.exec(name, argv)
+    sys.stdout.buffer.write(res.stdout)
+    sys.stderr.buffer.write(res.stderr)
+    raise typer.Exit(res.exit_code)
+
+
+@app.command()
+def stop(name: str) -> None:
+    """Stop the agent's container (worktree and branch stay).
+
+    Example: sandbox stop sonnet-1
+    """
+    typer.echo(_manager().stop(name).state)
+
+
+@app.command()
+def start(name: str) -> None:
+    """Start a stopped agent again and wait until it is ready.
+
+    Example: sandbox start sonnet-1
+    """
+    typer.echo(_manager().start(name).state)
+
+
+@app.command()
+def restart(name: str) -> None:
+    """Stop, then start the agent.
+
+    Example: sandbox restart sonnet-1
+    """
+    typer.echo(_manager().restart(name).state)
+
+
+@app.command()
+def rm(
+    names: Annotated[list[str], typer.Argument(help="Agent names.")],
+    force: Annotated[bool, typer.Option("--force", "-f", help="Remove even with uncommitted changes.")] = False,
+    delete_branch: Annotated[bool, typer.Option("--delete-branch", help="Also delete the agent's branch.")] = False,
+) -> None:
+    """Remove agents: container and worktree. The branch stays unless --delete-branch.
+
+    Example: sandbox rm sonnet-1
+    """
+    mgr = _manager()
+    for name in names:
+        sb = mgr.remove(name, force=force, delete_branch=delete_branch)
+        kept = "" if delete_branch else f" (branch {sb.branch} kept)"
+        typer.echo(f"removed {name}{kept}")
+
+
+@image_app.command("build")
+def image_build(
+    offline: Annotated[bool, typer.Option("--offline/--online", help="Offline: base from Debian packages with debootstrap (default). Online: FROM --base.")] = True,
+    base: Annotated[Optional[str], typer.Option("--base", help="Base image for --online (default debian:bookworm-slim).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
+) -> None:
+    """Build the agent image (reused when its inputs did not change).
+
+    Example: sandbox image build --offline
+    """
+    from sandbox import image
+    from sandbox.config import load_settings
+    from sandbox.engine import Engine
+
+    settings = load_settings()
+    image_id = image.build_agent(Engine(), settings, offline=offline, base=base, force=force, on_line=_err)
+    typer.echo(f"{settings.image} {image_id[:19]}")
+
+
+@image_app.command("status")
+def image_status() -> None:
+    """Show whether the agent image exists and is up to date.
+
+    Example: sandbox image status
+    """
+    from sandbox import image
+    from sandbox.config import load_settings
+    from sandbox.engine import Engine
+
+    typer.echo(json.dumps(image.image_status(Engine(), load_settings()), indent=2))
+
+
+@config_app.command("show")
+def config_show(repo: RepoOpt = None) -> None:
+    """Print the effective settings as JSON, secrets masked.
+
+    Example: sandbox config show
+    """
+    from sandbox import gitops
+    from sandbox.config import load_settings
+
+    top = None
+    try:
+        top = gitops.find_repo(repo or Path.cwd()).top
+    except SandboxError:
+        pass
+    typer.echo(json.dumps(load_settings(top).masked(), indent=2))
+
+
+@app.command("mock-model")
+def mock_model(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8642,
+    script: Annotated[Optional[Path], typer.Option(help="JSON script of replies.")] = None,
+) -> None:
+    """Run the scripted Anthropic Messages API server (offline demos and CI).
+
+    Example: sandbox mock-model --port 8642   # then ANTHROPIC_BASE_URL=http://127.0.0.1:8642
+    """
+    from sandbox import mockmodel
+
+    argv = ["--host", host, "--port", str(port)] + (["--script", str(script)] if script else [])
+    raise typer.Exit(mockmodel.main(argv))
+
+
+def main() -> None:
+    """Entry point: the one place errors reach the user (one line, documented exit code)."""
+    try:
+        app(standalone_mode=False)
+    except SandboxError as e:
+        if os.environ.get("SANDBOX_DEBUG"):
+            raise
+        _err(f"sandbox: error: {e}")
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        _err("sandbox: aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        _err("sandbox: interrupted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(e, click.ClickException):
+            _err(f"sandbox: error: {e.format_message()}")
+            sys.exit(2)
+        if os.environ.get("SANDBOX_DEBUG"):
+            raise
+        _err(f"sandbox: internal error: {type(e).__name__}: {e} (set SANDBOX_DEBUG=1 for the traceback)")
+        sys.exit(70)

@@ -1,0 +1,43 @@
+"""The label namespace: labels are the registry (static facts only; labels cannot change).
+
+Every container `sandbox` creates carries ``sandbox.managed=1`` and ``sandbox.schema=SCHEMA``;
+containers without them are never listed or touched.
+"""
+
+from __future__ import annotations
+
+PREFIX = "sandbox."
+SCHEMA = "1"
+
+MANAGED = PREFIX + "managed"
+SCHEMA_KEY = PREFIX + "schema"
+NAME = PREFIX + "name"
+AGENT = PREFIX + "agent"
+MODEL = PREFIX + "model"
+REPO = PREFIX + "repo"            # the main checkout's top-level directory
+GITDIR = PREFIX + "gitdir"        # the repository's common git dir
+BRANCH = PREFIX + "branch"
+BASE = PREFIX + "base"            # the base commit (full sha)
+WORKTREE = PREFIX + "worktree"
+IMAGE = PREFIX + "image"
+PROFILE = PREFIX + "profile"
+CREATED = PREFIX + "created"      # ISO 8601, UTC
+VERSION = PREFIX + "version"      # the CLI version that created it
+TASK = PREFIX + "task"            # a short summary of the task
+SESSION = PREFIX + "session"      # the tmux session name inside the container
+UID = PREFIX + "uid"
+STATE_DIR = PREFIX + "state-dir"  # host directory mounted at /run/sandbox-state
+RUN_ID = PREFIX + "run-id"        # optional: stamps everything a test run creates
+
+TASK_SUMMARY_MAX = 200
+
+
+def managed_filter(*extra: str) -> list[str]:
+    """Label filters for the engine's list call (``key`` or ``key=value``)."""
+    return [f"{MANAGED}=1", *extra]
+
+
+def summarize(task: str, limit: int = TASK_SUMMARY_MAX) -> str:
+    """One line, at most ``limit`` characters, for the task label and `ls`."""
+    line = " ".join(task.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

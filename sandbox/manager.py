@@ -1,0 +1,538 @@
+"""The domain: a manager (collection) of agent sandboxes (snapshots).
+
+``SandboxManager.spawn`` makes a worktree on a new branch, a container with it mounted, and a
+tmux session inside running the agent; a spawn that fails half-way removes what it made.
+Everything ``list`` shows comes from one label-filtered engine call plus local state files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sandbox import __version__, agents, gitops, labels as L
+from sandbox.config import Settings
+from sandbox.engine import Engine, ExecResult
+from sandbox.errors import AgentError, Conflict, ImageMissing, NotFound, RepoError, UsageError
+from sandbox.tmux import Tmux
+
+CONTAINER_PREFIX = "sandbox-"
+BRANCH_PREFIX = "sandbox/"
+STATE_MOUNT = "/run/sandbox-state"
+KEEP = ".sandbox-keep"  # dot-files are ignored by git's ref iteration; keeps bind-mounted ref dirs alive
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A snapshot of one agent: its labels, its container's state, its agent state."""
+
+    name: str
+    container_id: str
+    container_name: str
+    labels: dict[str, str]
+    engine_state: str                  # created / running / exited / paused / …
+    status: str                        # the engine's human status ("Up 3 minutes (healthy)")
+    agent_state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def session(self) -> str:
+        return self.labels.get(L.SESSION, self.name)
+
+    @property
+    def worktree(self) -> Path:
+        return Path(self.labels[L.WORKTREE])
+
+    @property
+    def branch(self) -> str:
+        return self.labels.get(L.BRANCH, "")
+
+    @property
+    def repo(self) -> str:
+        return self.labels.get(L.REPO, "")
+
+    @property
+    def state(self) -> str:
+        """One word: the agent state while running, else the container state."""
+        if self.engine_state == "running":
+            return str(self.agent_state.get("state") or "starting")
+        if self.engine_state in ("exited", "dead"):
+            reason = self.agent_state.get("state")
+            return "exited" if reason in (None, "exited", "failed") else "stopped"
+        return self.engine_state
+
+    @property
+    def created(self) -> datetime | None:
+        raw = self.labels.get(L.CREATED)
+        return datetime.fromisoformat(raw) if raw else None
+
+    def attach_command(self) -> list[str]:
+        return ["docker", "exec", "-it", self.container_name, "tmux", "attach", "-t", self.session]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "container": self.container_name,
+            "container_id": self.container_id,
+            "state": self.state,
+            "engine_state": self.engine_state,
+            "status": self.status,
+            "agent": self.labels.get(L.AGENT),
+            "model": self.labels.get(L.MODEL) or None,
+            "branch": self.branch,
+            "repo": self.repo,
+            "worktree": str(self.worktree),
+            "base": self.labels.get(L.BASE),
+            "created": self.labels.get(L.CREATED),
+            "task": self.labels.get(L.TASK, ""),
+            "session": self.session,
+            "attach": " ".join(self.attach_command()),
+            "agent_state": self.agent_state,
+            "labels": self.labels,
+        }
+
+
+def _read_state(state_dir: str | None) -> dict[str, Any]:
+    if not state_dir:
+        return {}
+    try:
+        return dict(json.loads((Path(state_dir) / "state.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int, top: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        d = tarfile.TarInfo(top)
+        d.type, d.mode, d.uid, d.gid = tarfile.DIRTYPE, 0o700, uid, gid
+        tar.addfile(d)
+        for name, (data, mode) in files.items():
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size, info.mode, info.uid, info.gid = len(data), mode, uid, gid
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _grant(uid: int, gid: int, owned: list[Path], shared: list[Path]) -> None:
+    """Let the agent uid write what a commit writes when the invoking user is root.
+
+    ``owned`` (per-agent: its worktree, its worktree git dir, its ref and reflog) change owner;
+    ``shared`` directories (the object store, the sandbox ref dirs) get an ACL for the uid.
+    """
+    for path in owned:
+        if not path.exists():
+            continue
+        os.chown(path, uid, gid)
+        for root, dirs, files in os.walk(path):
+            for n in dirs + files:
+                os.lchown(os.path.join(root, n), uid, gid)
+    if not shared:
+        return
+    if shutil.which("setfacl") is None:
+        raise RepoError("setfacl is missing: install the 'acl' package (needed when sandbox runs as root)")
+    dirs = [str(p) for p in shared]
+    objects = [d for d in dirs if d.endswith("/objects")]
+    acl = f"u:{uid}:rwX,d:u:{uid}:rwX"
+    proc = subprocess.run(["setfacl", "-m", acl, *dirs], capture_output=True, text=True)
+    if proc.returncode == 0 and objects:
+        # Existing object fan-out directories too (new ones inherit the default ACL).
+        subdirs = [str(p) for o in objects for p in Path(o).iterdir() if p.is_dir()]
+        if subdirs:
+            proc = subprocess.run(["setfacl", "-m", acl, *subdirs], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RepoError(f"cannot grant the agent uid {uid} access to the repository: {proc.stderr.strip()}")
+
+
+class SandboxManager:
+    """Create, find and remove agent sandboxes. Holds one engine connection."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or Engine()
+
+    # -- finding -----------------------------------------------------------------------------
+    def _filters(self, *extra: str) -> list[str]:
+        filters = L.managed_filter(*extra)
+        if self.settings.run_id:
+            filters.append(f"{L.RUN_ID}={self.settings.run_id}")
+        return filters
+
+    def _snapshot(self, c: dict[str, Any]) -> Sandbox:
+        lab = dict(c.get("Labels") or {})
+        return Sandbox(
+            name=lab.get(L.NAME, ""),
+            container_id=c["Id"],
+            container_name=(c.get("Names") or ["/?"])[0].lstrip("/"),
+            labels=lab,
+            engine_state=c.get("State", ""),
+            status=c.get("Status", ""),
+            agent_state=_read_state(lab.get(L.STATE_DIR)),
+        )
+
+    def list(self, repo: Path | None = None) -> list[Sandbox]:
+        """Every managed agent (of one repository when ``repo`` is given): one engine call."""
+        extra = [f"{L.REPO}={repo}"] if repo else []
+        found = [self._snapshot(c) for c in self.engine.list_containers(self._filters(*extra))]
+        return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
+
+    def get(self, name: str) -> Sandbox:
+        found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))
+        if not found:
+            raise NotFound(f"no agent named {name!r}", hint="see `sandbox ls --all`")
+        return self._snapshot(found[0])
+
+    # -- spawning ----------------------------------------------------------------------------
+    def _allocate_name(self, prefix: str) -> str:
+        taken = {c.get("Labels", {}).get(L.NAME) for c in self.engine.list_containers(L.managed_filter())}
+        n = 1
+        while f"{prefix}-{n}" in taken:
+            n += 1
+        return f"{prefix}-{n}"
+
+    def spawn(
+        self,
+        task: str | None,
+        *,
+        repo_path: Path | None = None,
+        name: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        agent_cmd: str | None = None,
+        base: str | None = None,
+        mock_script: dict[str, Any] | None = None,
+        wait_ready: bool = True,
+        on_step: Callable[[str], None] | None = None,
+    ) -> Sandbox:
+        s = self.settings
+        step = on_step or (lambda _msg: None)
+        agent = agent or s.agent
+        model = model if model is not None else s.model
+        if name is not None:
+            agents.check_name(name)
+        spec = agents.build(agent, model, task if agent_cmd is None else None, agent_cmd)
+        if agent_cmd is not None:
+            spec = agents.AgentSpec(spec.name, spec.argv, "type")
+        repo = gitops.find_repo(repo_path or Path.cwd())
+        base_sha = gitops.resolve_commit(repo, base or "HEAD")
+        image_id = self.engine.image_id(s.image)
+        if image_id is None:
+            raise ImageMissing(f"agent image {s.image} is not built", hint="run `sandbox image build`")
+
+        explicit = name is not None
+        prefix = agents.name_prefix(Path(spec.binary).name if agent_cmd is not None else spec.name, model)
+        name = name or self._allocate_name(prefix)
+        for _ in range(20):
+            try:
+                return self._spawn_named(name, spec, task, model, repo, base_sha, image_id, mock_script,
+                                         wait_ready, step)
+            except _NameTaken:
+                if explicit:
+                    raise Conflict(f"name {name!r} is taken", hint="pick another with --name") from None
+                name = self._allocate_name(prefix)
+        raise Conflict("could not find a free name; pass --name")
+
+    def _spawn_named(
+        self,
+        name: str,
+        spec: agents.AgentSpec,
+        task: str | None,
+        model: str | None,
+        repo: gitops.Repo,
+        base_sha: str,
+        image_id: str,
+        mock_script: dict[str, Any] | None,
+        wait_ready: bool,
+        step: Callable[[str], None],
+    ) -> Sandbox:
+        s = self.settings
+        if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
+            raise _NameTaken(name)
+        branch = BRANCH_PREFIX + name
+        worktree = s.data_dir / "worktrees" / repo.slug / name
+        state_dir = s.data_dir / "state" / name
+        if worktree.exists():
+            raise RepoError(f"worktree path already exists: {worktree}", hint="remove it or pick another --name")
+        if gitops.branch_exists(repo, branch):
+            raise Conflict(f"branch {branch} already exists in {repo.top}", hint="pick another --name")
+        uid, gid = s.uid_gid()
+        if uid == 0:
+            raise UsageError("the agent never runs as root: set SANDBOX_AGENT_UID to a non-zero uid")
+
+        with ExitStack() as undo:
+            step(f"worktree {worktree} on branch {branch}")
+            worktree.parent.mkdir(parents=True, exist_ok=True)
+            gitdir = gitops.worktree_add(repo, worktree, branch, base_sha, reason=f"sandbox agent {name}")
+            undo.callback(gitops.branch_delete, repo, branch)
+            undo.callback(gitops.worktree_remove, repo, worktree, gitdir)
+
+            binds = self._git_binds(repo, worktree, gitdir, name, uid, gid)
+            if state_dir.exists():
+                shutil.rmtree(state_dir)
+            state_dir.mkdir(parents=True)
+            os.chown(state_dir, uid, gid) if os.getuid() == 0 else None
+            undo.callback(shutil.rmtree, state_dir, True)
+            binds.append(f"{state_dir}:{STATE_MOUNT}:rw")
+
+            labels = self._labels(name, spec, model, repo, branch, base_sha, worktree, state_dir, task, uid)
+            host_config: dict[str, Any] = {
+                "cap_drop": ["ALL"],
+                "security_opt": ["no-new-privileges:true"],
+                "pids_limit": s.pids_limit,
+            }
+            if s.memory:
+                host_config["mem_limit"] = s.memory
+            if s.cpus:
+                host_config["nano_cpus"] = int(s.cpus * 1e9)
+            if s.profile == "locked":
+                host_config["network_mode"] = "none"
+                host_config["read_only"] = True
+                host_config["tmpfs"] = {"/tmp": "rw,nosuid,nodev,size=512m", "/home/agent": "rw,nosuid,nodev,mode=1777"}
+            step(f"container {CONTAINER_PREFIX}{name}")
+            try:
+                cid = self.engine.create(
+                    name=CONTAINER_PREFIX + name,
+                    image=image_id,
+                    command=None,
+                    labels=labels,
+                    env={"SANDBOX_NAME": name},
+                    user=f"{uid}:{gid}",
+                    binds=binds,
+                    working_dir=str(worktree),
+                    host_config=host_config,
+                )
+            except Conflict:
+                raise _NameTaken(name) from None
+            undo.callback(self.engine.remove, cid)
+
+            secrets, use_mock = self._secrets(spec)
+            launch = {
+                "name": name,
+                "session": name,
+                "argv": list(spec.argv),
+                "task": task or "",
+                "delivery": spec.delivery,
+                "workdir": str(worktree),
+                "claude": spec.claude,
+                "mock_model": use_mock,
+                "mock_script": mock_script,
+                "git_identity": self._git_identity(repo),
+            }
+            files = {
+                "launch.json": (json.dumps(launch).encode(), 0o600),
+                "secrets.json": (json.dumps(secrets).encode(), 0o400),
+            }
+            self.engine.put_archive(cid, "/var/lib", _tar(files, uid, gid, "sandbox"))
+            self.engine.start(cid)
+            sandbox = self.get(name)
+            if wait_ready:
+                step("waiting for the agent to be ready")
+                sandbox = self.wait_ready(sandbox)
+            undo.pop_all()
+            return sandbox
+        raise AssertionError("unreachable")
+
+    def _git_binds(self, repo: gitops.Repo, worktree: Path, gitdir: Path, name: str, uid: int, gid: int) -> list[str]:
+        """Mounts that make git work inside: what a commit writes is rw, the rest of .git is ro."""
+        common = repo.common_dir
+        ref_dir = common / "refs" / "heads" / "sandbox"
+        log_dir = common / "logs" / "refs" / "heads" / "sandbox"
+        for d in (ref_dir, log_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            (d / KEEP).touch()
+        if os.getuid() == 0:
+            _grant(
+                uid, gid,
+                owned=[worktree, gitdir, ref_dir / name, log_dir / name],
+                shared=[common / "objects", ref_dir, log_dir],
+            )
+        return [
+            f"{worktree}:{worktree}:rw",
+            f"{worktree / '.git'}:{worktree / '.git'}:ro",
+            f"{common}:{common}:ro",
+            f"{common / 'objects'}:{common / 'objects'}:rw",
+            f"{ref_dir}:{ref_dir}:rw",
+            f"{log_dir}:{log_dir}:rw",
+            f"{gitdir}:{gitdir}:rw",
+        ]
+
+    def _labels(self, name: str, spec: agents.AgentSpec, model: str | None, repo: gitops.Repo, branch: str,
+                base_sha: str, worktree: Path, state_dir: Path, task: str | None, uid: int) -> dict[str, str]:
+        labels = {
+            L.MANAGED: "1",
+            L.SCHEMA_KEY: L.SCHEMA,
+            L.NAME: name,
+            L.AGENT: spec.name,
+            L.MODEL: model or "",
+            L.REPO: str(repo.top),
+            L.GITDIR: str(repo.common_dir),
+            L.BRANCH: branch,
+            L.BASE: base_sha,
+            L.WORKTREE: str(worktree),
+            L.IMAGE: self.settings.image,
+            L.PROFILE: self.settings.profile,
+            L.CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            L.VERSION: __version__,
+            L.TASK: L.summarize(task or ""),
+            L.SESSION: name,
+            L.UID: str(uid),
+            L.STATE_DIR: str(state_dir),
+        }
+        if self.settings.run_id:
+            labels[L.RUN_ID] = self.settings.run_id
+        return labels
+
+    def _secrets(self, spec: agents.AgentSpec) -> tuple[dict[str, str], bool]:
+        secrets = {k: os.environ[k] for k in self.settings.secret_env if os.environ.get(k)}
+        mode = self.settings.mock_model
+        has_key = any(k in secrets for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"))
+        use_mock = spec.claude and (mode == "on" or (mode == "auto" and not has_key))
+        return secrets, use_mock
+
+    @staticmethod
+    def _git_identity(repo: gitops.Repo) -> dict[str, str]:
+        proc = gitops.git(repo.top, "config", "--get-regexp", r"^user\.(name|email)$", check=False)
+        ident = {}
+        for line in proc.stdout.splitlines():
+            key, _, value = line.partition(" ")
+            ident[key.split(".", 1)[1]] = value
+        return ident
+
+    def wait_ready(self, sandbox: Sandbox, timeout: float | None = None) -> Sandbox:
+        """Poll the local state file (no engine call) until the agent accepts input."""
+        timeout = timeout if timeout is not None else self.settings.ready_timeout
+        state_file = Path(sandbox.labels[L.STATE_DIR]) / "state.json"
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        checks = 0
+        while True:
+            state = _read_state(str(state_file.parent))
+            st = state.get("state")
+            if st in ("ready", "idle", "busy", "waiting"):
+                return self.get(sandbox.name)
+            if st in ("failed", "exited", "stopped"):
+                raise AgentError(f"agent {sandbox.name} did not start: {state.get('reason') or st}")
+            checks += 1
+            if checks % 20 == 0:  # now and then, make sure the container is still there
+                current = self.get(sandbox.name)
+                if current.engine_state not in ("running", "created"):
+                    tail = self.engine.logs(current.container_id, tail=20).strip().splitlines()
+                    raise AgentError(f"agent {sandbox.name} stopped while starting: "
+                                     f"{tail[-1] if tail else current.status}")
+            if time.monotonic() > deadline:
+                raise AgentError(f"agent {sandbox.name} not ready after {timeout:.0f}s",
+                                 hint=f"see `sandbox logs {sandbox.name}`")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+
+    # -- talking to an agent -------------------------------------------------------------------
+    def _running(self, name: str) -> Sandbox:
+        sb = self.get(name)
+        if sb.engine_state != "running":
+            raise AgentError(f"agent {name} is not running ({sb.state})", hint=f"`sandbox start {name}`")
+        return sb
+
+    def tmux(self, sb: Sandbox) -> Tmux:
+        return Tmux(_DockerExecutor(self.engine, sb.container_id), sb.session)
+
+    def send(self, name: str, text: str, *, enter: bool = True) -> Sandbox:
+        sb = self._running(name)
+        if sb.state == "starting":
+            sb = self.wait_ready(sb)
+        self.tmux(sb).send(text, enter=enter)
+        return sb
+
+    def logs(self, name: str, lines: int | None = None) -> str:
+        sb = self._running(name)
+        return self.tmux(sb).capture(lines)
+
+    def follow(self, name: str, interval: float = 0.5) -> Iterator[str]:
+        """Yield new pane lines as they appear (until the agent stops)."""
+        sb = self._running(name)
+        tm = self.tmux(sb)
+        seen: list[str] = []
+        while True:
+            lines = tm.capture(2000).splitlines()
+            common = 0
+            if seen:
+                # find where the previous tail continues
+                for k in range(min(len(seen), len(lines)), 0, -1):
+                    if lines[:k] == seen[-k:]:
+                        common = k
+                        break
+            for line in lines[common:]:
+                yield line
+            seen = lines
+            time.sleep(interval)
+            if not self.get(name).engine_state == "running":
+                return
+
+    def exec(self, name: str, argv: list[str]) -> ExecResult:
+        sb = self._running(name)
+        return self.engine.exec(sb.container_id, argv)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def stop(self, name: str, timeout: int = 10) -> Sandbox:
+        sb = self.get(name)
+        if sb.engine_state == "running":
+            self.engine.stop(sb.container_id, timeout=timeout)
+        return self.get(name)
+
+    def start(self, name: str, wait_ready: bool = True) -> Sandbox:
+        sb = self.get(name)
+        if sb.engine_state != "running":
+            self.engine.start(sb.container_id)
+            sb = self.get(name)
+        return self.wait_ready(sb) if wait_ready else sb
+
+    def restart(self, name: str) -> Sandbox:
+        self.stop(name)
+        return self.start(name)
+
+    def remove(self, name: str, *, force: bool = False, delete_branch: bool = False) -> Sandbox:
+        """Remove the container and the worktree; the branch stays unless asked.
+
+        Refuses when the worktree has uncommitted changes, unless ``force``.
+        """
+        sb = self.get(name)
+        repo = gitops.Repo(top=Path(sb.repo), common_dir=Path(sb.labels[L.GITDIR]))
+        worktree = sb.worktree
+        if worktree.exists() and not force and gitops.is_dirty(worktree):
+            raise Conflict(f"{name} has uncommitted changes in {worktree}",
+                           hint="commit them, or pass --force to discard them")
+        self.engine.remove(sb.container_id, force=True)
+        gitdir = None
+        try:
+            gitdir = gitops.worktree_gitdir(worktree)
+        except RepoError:
+            pass
+        if gitdir is not None:
+            (gitdir / "locked").unlink(missing_ok=True)
+        gitops.worktree_remove(repo, worktree, gitdir)
+        if delete_branch:
+            gitops.branch_delete(repo, sb.branch)
+        shutil.rmtree(sb.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
+        return sb
+
+
+class _NameTaken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _DockerExecutor:
+    engine: Engine
+    container: str
+
+    def run(self, argv: list[str]) -> ExecResult:
+        return self.engine.exec(self.container, argv)

@@ -1,0 +1,100 @@
+"""tmux inside the agent's container, driven with argv lists through an :class:`Executor`.
+
+The driver does not know about Docker: a :class:`Executor` runs an argv somewhere (``docker
+exec`` into a container, a swarm task's node, or a local process) and returns its result.
+User text is always passed as one argv element (``set-buffer -- TEXT``), never through a shell.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sandbox.errors import AgentError
+
+BUFFER = "sandbox-send"
+
+
+class Result(Protocol):
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Executor(Protocol):
+    def run(self, argv: list[str]) -> Result: ...
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """Runs argv on this machine; ``prefix`` can point tmux at a socket (``["-L", "x"]``)."""
+
+    prefix: tuple[str, ...] = ()
+
+    def run(self, argv: list[str]) -> LocalResult:
+        if argv and argv[0] == "tmux":
+            argv = ["tmux", *self.prefix, *argv[1:]]
+        proc = subprocess.run(argv, capture_output=True)
+        return LocalResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def literal(arg: str) -> str:
+    """Protect an argv element from tmux's command parser.
+
+    tmux treats an element ending in ';' as a command separator, and one ending in '\\;' as a
+    literal ';' (dropping that backslash): escape a trailing ';' so the text arrives byte-exact.
+    """
+    return arg[:-1] + "\\;" if arg.endswith(";") else arg
+
+
+class Tmux:
+    """One tmux session, reached through an executor."""
+
+    def __init__(self, executor: Executor, session: str) -> None:
+        self.executor = executor
+        self.session = session
+
+    @property
+    def target(self) -> str:
+        return f"={self.session}:"
+
+    def _run(self, *args: str, check: bool = True) -> Result:
+        res = self.executor.run(["tmux", *args])
+        if check and res.exit_code != 0:
+            err = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
+            raise AgentError(f"tmux {args[0]} in session {self.session!r} failed: {err}")
+        return res
+
+    def has_session(self) -> bool:
+        return self._run("has-session", "-t", f"={self.session}", check=False).exit_code == 0
+
+    def send(self, text: str, *, enter: bool = True) -> None:
+        """Type ``text`` byte-exact (as a bracketed paste), then Enter."""
+        tail: list[str] = ["paste-buffer", "-p", "-d", "-r", "-b", BUFFER, "-t", self.target]
+        if enter:
+            tail += [";", "send-keys", "-t", self.target, "Enter"]
+        if not text:
+            if enter:
+                self._run("send-keys", "-t", self.target, "Enter")
+            return
+        self._run("set-buffer", "-b", BUFFER, "--", literal(text), ";", *tail)
+
+    def send_keys(self, keys: Sequence[str]) -> None:
+        """Send tmux key names (``C-c``, ``Escape``, ``Enter``)."""
+        self._run("send-keys", "-t", self.target, *keys)
+
+    def capture(self, lines: int | None = None) -> str:
+        """The pane's text; ``lines`` of scrollback (None = all of it)."""
+        start = "-" if lines is None else str(-int(lines))
+        res = self._run("capture-pane", "-p", "-J", "-S", start, "-t", self.target)
+        text = res.stdout.decode("utf-8", "replace")
+        return text.rstrip("\n") + "\n" if text.strip() else ""

@@ -83,7 +83,7 @@ def spawn(
         except (OSError, ValueError) as e:
             raise UsageError(f"--mock-script {mock_script}: {e}") from e
     mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model)
-    say = (lambda m: None) if as_json else (lambda m: _err(f"… {m}"))
+    say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
     sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
                    mock_script=script, wait_ready=not no_wait, on_step=say)
     if as_json:
@@ -319,7 +319,8 @@ def mock_model(
 def main() -> None:
     """Entry point: the one place errors reach the user (one line, documented exit code)."""
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except SandboxError as e:
         if os.environ.get("SANDBOX_DEBUG"):
             raise

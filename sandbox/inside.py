@@ -141,7 +141,7 @@ def init() -> int:
     env.update(secrets)
     previous = read_state()
     attempt = int(previous.get("attempt", 0)) + 1
-    write_state("starting", attempt=attempt, exit_code=None, reason=None)
+    write_state("starting", attempt=attempt, exit_code=None, reason=None, prompts=0, event=None)
 
     def on_term(signum: int, frame: Any) -> None:
         write_state("stopped", reason="stopped")
@@ -188,8 +188,17 @@ def hook(event: str) -> int:
     except OSError:
         pass
     state = HOOK_STATES.get(event)
-    if state is not None:
-        write_state(state, event=event)
+    if state is None:
+        return 0
+    prompts = int(read_state().get("prompts", 0))
+    if event == "UserPromptSubmit":
+        prompts += 1
+    elif event == "SessionStart" and prompts == 0:
+        # A task given as the prompt argument is submitted right after start: busy, not idle.
+        launch = json.loads(LAUNCH.read_text())
+        if launch.get("task") and launch.get("delivery") == "arg":
+            state = "busy"
+    write_state(state, event=event, prompts=prompts)
     return 0
 
 

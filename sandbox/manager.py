@@ -408,8 +408,11 @@ class SandboxManager:
             ident[key.split(".", 1)[1]] = value
         return ident
 
-    def wait_ready(self, sandbox: Sandbox, timeout: float | None = None) -> Sandbox:
-        """Poll the local state file (no engine call) until the agent accepts input."""
+    def wait_ready(self, sandbox: Sandbox, timeout: float | None = None, since: float = 0.0) -> Sandbox:
+        """Poll the local state file (no engine call) until the agent accepts input.
+
+        States written before ``since`` (a previous run of the container) are ignored.
+        """
         timeout = timeout if timeout is not None else self.settings.ready_timeout
         state_file = Path(sandbox.labels[L.STATE_DIR]) / "state.json"
         deadline = time.monotonic() + timeout
@@ -417,7 +420,7 @@ class SandboxManager:
         checks = 0
         while True:
             state = _read_state(str(state_file.parent))
-            st = state.get("state")
+            st = state.get("state") if float(state.get("ts") or 0) >= since else None
             if st in ("ready", "idle", "busy", "waiting"):
                 return self.get(sandbox.name)
             if st in ("failed", "exited", "stopped"):
@@ -490,10 +493,13 @@ class SandboxManager:
 
     def start(self, name: str, wait_ready: bool = True) -> Sandbox:
         sb = self.get(name)
+        since = time.time()
         if sb.engine_state != "running":
             self.engine.start(sb.container_id)
             sb = self.get(name)
-        return self.wait_ready(sb) if wait_ready else sb
+        else:
+            since = 0.0
+        return self.wait_ready(sb, since=since) if wait_ready else sb
 
     def restart(self, name: str) -> Sandbox:
         self.stop(name)

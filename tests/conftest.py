@@ -1,0 +1,176 @@
+"""Shared fixtures: real engine, real git, real tmux, the real agent image.
+
+Every test runs the real CLI in a subprocess with its own HOME, XDG dirs and git config, and
+stamps what it creates with a run id label; a session finalizer removes all of it, even when a
+test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RUN_ID = f"test-{uuid.uuid4().hex[:10]}"
+IMAGE = os.environ.get("SANDBOX_TEST_IMAGE", "sandbox-agent:latest")
+
+
+def docker_ok() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def agent_image() -> str:
+    """The agent image, built (or reused) once per session."""
+    if not docker_ok():
+        pytest.fail("the Docker engine is not reachable: the suite needs it")
+    from sandbox import image
+    from sandbox.config import load_settings
+    from sandbox.engine import Engine
+
+    engine = Engine()
+    if os.environ.get("SANDBOX_TEST_SKIP_BUILD"):  # iterate on an image you built yourself
+        assert engine.image_id(IMAGE), f"{IMAGE} is not built"
+        return IMAGE
+    image.build_agent(engine, load_settings(image=IMAGE), offline=True, on_line=lambda line: None)
+    return IMAGE
+
+
+@pytest.fixture(scope="session", autouse=True)
+def reaper() -> Iterator[None]:
+    """Remove every container this run created, whatever happened."""
+    yield
+    if not docker_ok():
+        return
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}"],
+                         capture_output=True, text=True).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self):  # type: ignore[no-untyped-def]
+        return json.loads(self.out)
+
+
+@dataclass
+class Env:
+    """An isolated user environment to drive the CLI in."""
+
+    root: Path
+    env: dict[str, str]
+    user: str | None = None  # run through `runuser -u USER` when set
+
+    def run(self, *args: str, cwd: Path | None = None, extra: dict[str, str] | None = None,
+            input: str | None = None, timeout: float = 180) -> Result:
+        env = {**self.env, **(extra or {})}
+        argv = [sys.executable, "-m", "sandbox", *args]
+        if self.user:
+            argv = ["runuser", "-u", self.user, "--", "env", *[f"{k}={v}" for k, v in env.items()], *argv]
+            env = dict(os.environ)
+        proc = subprocess.run(argv, cwd=cwd or self.root, env=env, input=input, capture_output=True,
+                              text=True, timeout=timeout)
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *args: str, **kw) -> Result:  # type: ignore[no-untyped-def]
+        res = self.run(*args, **kw)
+        assert res.code == 0, f"sandbox {' '.join(args)} exited {res.code}\nstdout: {res.out}\nstderr: {res.err}"
+        return res
+
+    @property
+    def data(self) -> Path:
+        return Path(self.env["XDG_DATA_HOME"]) / "sandbox"
+
+
+def make_env(root: Path, image: str, user: str | None = None) -> Env:
+    home = root / "home"
+    for d in (home, root / "data", root / "config", root / "cache"):
+        d.mkdir(parents=True, exist_ok=True)
+    gitconfig = home / ".gitconfig"
+    gitconfig.write_text("[user]\n\tname = Test User\n\temail = test@example.invalid\n[init]\n\tdefaultBranch = main\n")
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(root / "data"),
+        "XDG_CONFIG_HOME": str(root / "config"),
+        "XDG_CACHE_HOME": str(root / "cache"),
+        "GIT_CONFIG_GLOBAL": str(gitconfig),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "SANDBOX_IMAGE": image,
+        "SANDBOX_RUN_ID": RUN_ID,
+        "SANDBOX_READY_TIMEOUT": "120",
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "LANG": "C.UTF-8",
+    }
+    if os.environ.get("DOCKER_HOST"):
+        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+    return Env(root=root, env=env, user=user)
+
+
+def git(repo: Path, *args: str) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                          env={**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": "/dev/null",
+                               "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "T",
+                               "GIT_COMMITTER_EMAIL": "t@x"})
+    assert proc.returncode == 0, f"git {args}: {proc.stderr}"
+    return proc.stdout
+
+
+def make_repo(path: Path, commit: bool = True) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    if commit:
+        (path / "README.md").write_text("# demo\n")
+        git(path, "add", "README.md")
+        git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, agent_image: str) -> Env:
+    return make_env(tmp_path, agent_image)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+def wait_for(check: Callable[[], object], timeout: float = 60, what: str = "condition") -> object:
+    """Bounded polling; never a bare sleep."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def leftovers(env: Env, repo: Path) -> dict[str, list[str]]:
+    """What a failed command might have left behind: containers, worktrees, branches."""
+    containers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}",
+                                 "--filter", f"label=sandbox.repo={repo}"], capture_output=True, text=True).stdout.split()
+    worktrees = [str(p) for p in (env.data / "worktrees").glob("*/*")] if (env.data / "worktrees").exists() else []
+    branches = git(repo, "branch", "--list", "sandbox/*").split() if (repo / ".git").exists() else []
+    registered = [line for line in git(repo, "worktree", "list", "--porcelain").splitlines()
+                  if line.startswith("worktree ")][1:] if (repo / ".git").exists() else []
+    return {"containers": containers, "worktrees": worktrees, "branches": branches, "registered": registered}

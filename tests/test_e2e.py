@@ -1,0 +1,93 @@
+"""End to end with the real engine, git, tmux and the real Claude Code binary (mock model)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Env, git, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def inspect(container: str) -> dict:
+    out = subprocess.run(["docker", "inspect", container], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)[0]
+
+
+@pytest.mark.claude
+def test_claude_spawn_commit_send_logs_rm(env: Env, repo: Path) -> None:
+    res = env.ok("spawn", "--model", "sonnet", "add login rate limiting", cwd=repo)
+    name = res.out.strip()
+    assert name.startswith("sonnet-")
+    assert f"docker exec -it sandbox-{name} tmux attach -t {name}" in res.err
+    branch = f"sandbox/{name}"
+
+    # The scripted model makes Claude Code write a file and commit it: both land on the host's branch.
+    wait_for(lambda: "SANDBOX_TASK.md" in git(repo, "ls-tree", "--name-only", branch), 90, "the agent's commit")
+    assert git(repo, "show", f"{branch}:SANDBOX_TASK.md") == "# Task\n\nadd login rate limiting\n"
+    assert "sandbox: add login rate limiting" in git(repo, "log", "-1", "--format=%s", branch)
+    assert git(repo, "log", "-1", "--format=%an <%ae>", branch).strip() == "Test User <test@example.invalid>"
+
+    rows = env.ok("ls", "--json", cwd=repo).json()
+    (row,) = [r for r in rows if r["name"] == name]
+    assert row["agent"] == "claude" and row["model"] == "sonnet" and row["branch"] == branch
+    assert row["repo"] == str(repo) and row["task"] == "add login rate limiting"
+    labels = inspect(f"sandbox-{name}")["Config"]["Labels"]
+    for key in ("managed", "schema", "name", "agent", "model", "repo", "branch", "base", "worktree", "image",
+                "profile", "created", "version", "task"):
+        assert f"sandbox.{key}" in labels, key
+    assert labels["sandbox.base"] == git(repo, "rev-parse", "main").strip()
+
+    wait_for(lambda: env.ok("ls", "--json", cwd=repo).json()[0]["state"] == "idle", 60, "idle after the task")
+    env.ok("send", name, "now write the docs", cwd=repo)
+    wait_for(lambda: env.ok("logs", name).out.count("Done: wrote SANDBOX_TASK.md") >= 2, 90, "second answer")
+    assert "now write the docs" in env.ok("logs", name).out
+    wait_for(lambda: "now write the docs" in git(repo, "log", "-1", "--format=%s", branch), 60, "second commit")
+
+    worktree = Path(row["worktree"])
+    assert worktree.is_dir()
+    env.ok("rm", name, cwd=repo)
+    assert subprocess.run(["docker", "inspect", f"sandbox-{name}"], capture_output=True).returncode != 0
+    assert not worktree.exists()
+    assert str(worktree) not in git(repo, "worktree", "list")
+    assert git(repo, "rev-parse", "--verify", branch).strip()  # the branch (the work) stays
+
+
+def test_shell_agent_send_is_byte_exact(env: Env, repo: Path) -> None:
+    name = env.ok("spawn", "--agent-cmd", "sh -c 'cat > received.txt'", cwd=repo).out.strip()
+    assert name.startswith("sh-")
+    text = "quotes ' \" `x` $HOME $(id) ; && | \\ back\\slash \\; unicode ü → 日本 end;"
+    env.ok("send", name, text)
+    worktree = Path(env.ok("ls", "--json", cwd=repo).json()[0]["worktree"])
+    wait_for(lambda: (worktree / "received.txt").exists() and (worktree / "received.txt").read_text().endswith("\n"),
+             20, "the text to arrive")
+    assert (worktree / "received.txt").read_text() == text + "\n"
+    env.ok("rm", "--force", name)
+
+
+def test_exec_attach_command_and_lifecycle(env: Env, repo: Path) -> None:
+    name = env.ok("spawn", "--name", "worker", "--agent-cmd", "bash", "echo started-$((6*7))", cwd=repo).out.strip()
+    assert name == "worker"
+    wait_for(lambda: "started-42" in env.ok("logs", name).out, 20, "the task typed into bash")
+    res = env.run("exec", name, "--", "git", "status", "--short", "--branch")
+    assert res.code == 0 and "## sandbox/worker" in res.out
+    res = env.run("exec", name, "--", "sh", "-c", "exit 3")
+    assert res.code == 3
+
+    # Files written by the agent commit on the host's branch (the agent runs unprivileged).
+    res = env.run("exec", name, "--", "sh", "-c", "id -u; echo x > a.txt && git add a.txt && git commit -qm agent-commit")
+    assert res.code == 0, res.err
+    assert res.out.strip() != "0"
+    assert git(repo, "log", "-1", "--format=%s", "sandbox/worker").strip() == "agent-commit"
+
+    assert env.ok("stop", name).out.strip() in ("stopped", "exited")
+    assert env.ok("ls", "--json", cwd=repo).json()[0]["engine_state"] == "exited"
+    assert env.ok("start", name).out.strip() == "ready"
+    env.ok("send", name, "echo again-$((7*7))")
+    wait_for(lambda: "again-49" in env.ok("logs", name).out, 20, "typing after restart")
+    env.ok("rm", name)
+    assert env.ok("ls", "--json", cwd=repo).json() == []

@@ -75,11 +75,12 @@ class Env:
     root: Path
     env: dict[str, str]
     user: str | None = None  # run through `runuser -u USER` when set
+    python: str = sys.executable
 
     def run(self, *args: str, cwd: Path | None = None, extra: dict[str, str] | None = None,
             input: str | None = None, timeout: float = 180) -> Result:
         env = {**self.env, **(extra or {})}
-        argv = [sys.executable, "-m", "sandbox", *args]
+        argv = [self.python, "-m", "sandbox", *args]
         if self.user:
             argv = ["runuser", "-u", self.user, "--", "env", *[f"{k}={v}" for k, v in env.items()], *argv]
             env = dict(os.environ)

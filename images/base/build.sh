@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Build the offline base image for the agent image, with no registry:
+#   debootstrap a minimal Debian bookworm (tmux, git, tini, python3, ...) and `docker import` it.
+#
+# usage: images/base/build.sh [--force] [IMAGE_REF]      (default IMAGE_REF: sandbox-base:bookworm)
+#
+# Reuses IMAGE_REF when the engine already has it (unless --force). Needs root and debootstrap.
+# Environment: SANDBOX_DEBIAN_MIRROR (default http://deb.debian.org/debian).
+set -euo pipefail
+
+SUITE=bookworm
+PACKAGES=tmux,git,tini,ca-certificates,procps,python3,less
+MIRROR=${SANDBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+log() { printf '==> %s\n' "$*"; }
+die() {
+  printf 'build.sh: error: %s\n' "$*" >&2
+  exit 1
+}
+usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; }
+
+FORCE=0
+IMAGE_REF=
+for arg in "$@"; do
+  case $arg in
+    --force) FORCE=1 ;;
+    -h | --help) usage; exit 0 ;;
+    -*) die "unknown option: $arg (usage: build.sh [--force] [IMAGE_REF])" ;;
+    *)
+      [[ -z $IMAGE_REF ]] || die "only one IMAGE_REF may be given"
+      IMAGE_REF=$arg
+      ;;
+  esac
+done
+IMAGE_REF=${IMAGE_REF:-sandbox-base:bookworm}
+
+command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed (apt package: docker.io)"
+
+if [[ $FORCE -eq 0 ]] && docker image inspect "$IMAGE_REF" >/dev/null 2>&1; then
+  log "reusing $IMAGE_REF: the engine already has it (--force rebuilds it)"
+  exit 0
+fi
+
+[[ $(id -u) -eq 0 ]] || die "building the base image needs root (debootstrap creates device nodes and chroots); run it as root, e.g. sudo $0 $IMAGE_REF"
+command -v debootstrap >/dev/null 2>&1 || die "debootstrap is not installed (apt package: debootstrap; apt-get install debootstrap)"
+docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running? try: docker info)"
+
+WORK=$(mktemp -d /var/tmp/sandbox-base.XXXXXX)
+ROOTFS=$WORK/rootfs
+
+cleanup() {
+  # An interrupted debootstrap can leave proc/sys mounted inside the rootfs: never rm through a mount.
+  local mnt
+  if [[ -n ${WORK:-} && -d $WORK ]]; then
+    for mnt in $(awk -v p="$WORK/" 'index($2, p) == 1 { print $2 }' /proc/mounts | sort -r); do
+      umount -l "$mnt" 2>/dev/null || true
+    done
+    rm -rf --one-file-system "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+start=$SECONDS
+log "debootstrap $SUITE (minbase + ${PACKAGES//,/ }) from $MIRROR into $ROOTFS (takes about 45 s)"
+# debootstrap prints one line per package and step ("I: Extracting bash...", ~300 lines): noise here.
+# Its phase lines still show, and the tail of its own log is printed on failure.
+if ! debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR" 2>&1 |
+  { grep --line-buffered -vE '^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) [a-z0-9][a-z0-9.+-]*(:[a-z0-9]+)?( [0-9][^ ]*|\.\.\.)$' || true; }; then
+  if [[ -f $ROOTFS/debootstrap/debootstrap.log ]]; then
+    printf '%s\n' '--- last lines of debootstrap.log ---' >&2
+    tail -n 25 "$ROOTFS/debootstrap/debootstrap.log" >&2
+  fi
+  die "debootstrap failed (is $MIRROR reachable? set SANDBOX_DEBIAN_MIRROR to use another mirror)"
+fi
+log "debootstrap done in $((SECONDS - start)) s"
+
+log "trimming the root filesystem (apt caches and lists, man pages, translations, host files)"
+rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/cache/apt/*.bin \
+  "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/bootstrap.log \
+  "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/*
+find "$ROOTFS/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+# Later `apt-get install`s in derived images keep the same diet (as debian:*-slim does).
+cat >"$ROOTFS/etc/dpkg/dpkg.cfg.d/sandbox-slim" <<'EOF'
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+EOF
+cat >"$ROOTFS/etc/apt/sources.list" <<EOF
+deb http://deb.debian.org/debian $SUITE main
+deb http://deb.debian.org/debian $SUITE-updates main
+deb http://deb.debian.org/debian-security $SUITE-security main
+EOF
+# debootstrap copies these from the host; the engine provides its own at run time.
+: >"$ROOTFS/etc/hostname"
+: >"$ROOTFS/etc/resolv.conf"
+
+start=$SECONDS
+log "importing the root filesystem into the engine as $IMAGE_REF"
+tar --numeric-owner -C "$ROOTFS" -c . |
+  docker import \
+    --change "ENV PATH=$PATH_ENV" \
+    --change 'CMD ["/bin/bash"]' \
+    --change 'LABEL org.opencontainers.image.title=sandbox-base' \
+    --change "LABEL org.opencontainers.image.description=\"debootstrap $SUITE minbase + ${PACKAGES//,/ }\"" \
+    --message "sandbox base: debootstrap $SUITE minbase + $PACKAGES" \
+    - "$IMAGE_REF" >/dev/null
+log "imported $IMAGE_REF ($(docker image inspect --format '{{.Id}}' "$IMAGE_REF")) in $((SECONDS - start)) s"

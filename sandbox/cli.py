@@ -237,18 +237,149 @@ def restart(name: str) -> None:
 @app.command()
 def rm(
     names: Annotated[list[str], typer.Argument(help="Agent names.")],
-    force: Annotated[bool, typer.Option("--force", "-f", help="Remove even with uncommitted changes.")] = False,
+    force: Annotated[bool, typer.Option("--force", "-f", help="Remove even with unsaved work (backed up first under refs/sandbox/backup/).")] = False,
     delete_branch: Annotated[bool, typer.Option("--delete-branch", help="Also delete the agent's branch.")] = False,
 ) -> None:
-    """Remove agents: container and worktree. The branch stays unless --delete-branch.
+    """Remove agents: container and worktree. Refuses when work would be lost unless --force (then backs it up).
 
     Example: sandbox rm sonnet-1
     """
     mgr = _manager()
+
+    def saved(b: Any) -> None:
+        _err(f"saved {b.name}'s work as {b.ref}; to get it back:\n  " + "\n  ".join(b.commands()))
+
     for name in names:
-        sb = mgr.remove(name, force=force, delete_branch=delete_branch)
+        sb = mgr.remove(name, force=force, delete_branch=delete_branch, on_backup=saved)
         kept = "" if delete_branch else f" (branch {sb.branch} kept)"
         typer.echo(f"removed {name}{kept}")
+
+
+@app.command()
+def diff(
+    name: str,
+    stat: Annotated[bool, typer.Option("--stat", help="Only a summary per file.")] = False,
+    uncommitted: Annotated[bool, typer.Option("--uncommitted", help="Only what the agent has not committed.")] = False,
+) -> None:
+    """Show what the agent changed since its base, committed and not (untracked files included).
+
+    Example: sandbox diff sonnet-1 --stat
+    """
+    from sandbox import work
+
+    typer.echo(work.diff(_manager().get(name), stat=stat, uncommitted=uncommitted), nl=False)
+
+
+@app.command()
+def merge(
+    name: str,
+    squash: Annotated[bool, typer.Option("--squash", help="One commit on the target.")] = False,
+    rebase: Annotated[bool, typer.Option("--rebase", help="Replay the agent's commits on the target (linear history).")] = False,
+    into: Annotated[Optional[str], typer.Option("--into", help="Target branch (default: the main checkout's branch).")] = None,
+    include_uncommitted: Annotated[bool, typer.Option("--include-uncommitted", help="First commit the agent's uncommitted changes on its branch.")] = False,
+) -> None:
+    """Merge the agent's branch into the main checkout's branch; all or nothing.
+
+    Example: sandbox merge sonnet-1 --squash
+    """
+    from sandbox import work
+
+    if squash and rebase:
+        raise UsageError("--squash and --rebase exclude each other")
+    mode = "squash" if squash else "rebase" if rebase else "merge"
+    res = work.merge(_manager().get(name), mode=mode, into=into, include_uncommitted=include_uncommitted)
+    if res.committed_uncommitted:
+        _err(f"committed {name}'s uncommitted changes as {res.committed_uncommitted[:12]}")
+    if res.before == res.after:
+        typer.echo(f"{res.target}: already up to date")
+    else:
+        typer.echo(f"{res.target}: {res.before[:12]}..{res.after[:12]} ({res.mode})")
+    if res.left_uncommitted:
+        _err(f"note: {name} still has uncommitted changes (not merged; see --include-uncommitted)")
+
+
+@app.command()
+def apply(name: str) -> None:
+    """Put the agent's changes (committed and uncommitted) into the main checkout's files, uncommitted.
+
+    Example: sandbox apply sonnet-1
+    """
+    from sandbox import work
+
+    files = work.apply(_manager().get(name))
+    typer.echo("\n".join(files) if files else "nothing to apply")
+
+
+@app.command()
+def push(
+    name: str,
+    remote: Annotated[str, typer.Option("--remote", help="The remote.")] = "origin",
+) -> None:
+    """Push the agent's branch to a remote.
+
+    Example: sandbox push sonnet-1 --remote origin
+    """
+    from sandbox import work
+
+    typer.echo(work.push(_manager().get(name), remote))
+
+
+@app.command()
+def pr(
+    name: str,
+    remote: Annotated[str, typer.Option("--remote", help="The remote.")] = "origin",
+    base: Annotated[Optional[str], typer.Option("--base", help="The PR's base branch (default: gh's).")] = None,
+) -> None:
+    """Push the agent's branch and open a pull request with the GitHub CLI (gh), titled from the task.
+
+    Example: sandbox pr sonnet-1
+    """
+    from sandbox import work
+
+    typer.echo(work.pr(_manager().get(name), remote, base))
+
+
+@app.command()
+def restore(
+    name: str,
+    ref: Annotated[Optional[str], typer.Option("--ref", help="The backup ref (default: the newest of NAME).")] = None,
+    path: Annotated[Optional[Path], typer.Option("--path", help="Where to put the worktree.")] = None,
+    repo: RepoOpt = None,
+) -> None:
+    """Bring back a backup made by rm --force or gc: a new worktree on branch sandbox/NAME-restored.
+
+    Example: sandbox restore sonnet-1
+    """
+    from sandbox import work
+    from sandbox.config import load_settings
+
+    res = work.restore(load_settings(repo), repo, name, ref, path)
+    typer.echo(str(res.path))
+    _err(f"  branch: {res.branch}\n  from:   {res.ref}")
+
+
+@app.command()
+def gc(
+    apply_: Annotated[bool, typer.Option("--apply", help="Do it (default: only show what would be done).")] = False,
+    all_repos: Annotated[bool, typer.Option("--all-repos", help="Every repository with sandbox leftovers.")] = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Find (and with --apply remove) orphaned containers, worktrees, records and merged branches.
+
+    Example: sandbox gc --apply
+    """
+    from sandbox import work
+
+    actions = work.gc(_manager(repo), repo, all_repos=all_repos)
+    for a in actions:
+        if a.kind == "keep":
+            typer.echo(f"keep      {a.target}  ({a.detail})")
+            continue
+        note = a.run() if apply_ and a.run else None
+        verb = "removed" if apply_ else "would rm"
+        typer.echo(f"{verb}  {a.kind:<12} {a.target}  ({a.detail}{'; ' + note if note else ''})")
+    if not apply_ and any(a.kind != "keep" for a in actions):
+        _err("dry run: nothing changed; pass --apply to do it")
 
 
 @image_app.command("build")

@@ -38,16 +38,22 @@ def git(
     check: bool = True,
     trust: tuple[Path, ...] = (),
     input: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``git -C cwd ARGS`` safely; ``trust`` adds ``safe.directory`` for exactly those paths."""
+    """Run ``git -C cwd ARGS`` safely; ``trust`` adds ``safe.directory`` for exactly those paths.
+
+    ``env`` adds variables (e.g. ``GIT_INDEX_FILE`` for a temporary index).
+    """
     argv = ["git", *SAFE_CONFIG]
     for path in trust:
         argv += ["-c", f"safe.directory={path}"]
     argv += ["-C", str(cwd), *args]
-    env = {**os.environ, **SAFE_ENV}
-    env.pop("GIT_DIR", None)
-    env.pop("GIT_WORK_TREE", None)
-    proc = subprocess.run(argv, cwd=cwd, env=env, input=input, capture_output=True, text=True)
+    full_env = {**os.environ, **SAFE_ENV}
+    full_env.pop("GIT_DIR", None)
+    full_env.pop("GIT_WORK_TREE", None)
+    full_env.pop("GIT_INDEX_FILE", None)
+    full_env.update(env or {})
+    proc = subprocess.run(argv, cwd=cwd, env=full_env, input=input, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise GitError(argv[len(SAFE_CONFIG) + 1 :], proc.returncode, proc.stderr)
     return proc
@@ -113,6 +119,8 @@ def worktree_add(repo: Repo, path: Path, branch: str, base: str, reason: str) ->
 def worktree_gitdir(worktree: Path) -> Path:
     """The worktree's private git dir (``.git/worktrees/<id>``), read from its ``.git`` file."""
     dotgit = worktree / ".git"
+    if dotgit.is_symlink():
+        raise RepoError(f"{dotgit} is a symlink, not a worktree link")
     try:
         text = dotgit.read_text()
     except OSError as e:
@@ -127,8 +135,7 @@ def worktree_remove(repo: Repo, path: Path, gitdir: Path | None = None) -> None:
     if path.exists():
         shutil.rmtree(path)
     if gitdir is not None and gitdir.parent == repo.common_dir / "worktrees" and gitdir.exists():
-        shutil.rmtree(gitdir)
-    git(repo.top, "worktree", "prune", check=False)
+        shutil.rmtree(gitdir)  # exactly this registration: no global `worktree prune` of others' records
 
 
 def branch_delete(repo: Repo, branch: str) -> None:

@@ -505,18 +505,24 @@ class SandboxManager:
         self.stop(name)
         return self.start(name)
 
-    def remove(self, name: str, *, force: bool = False, delete_branch: bool = False) -> Sandbox:
+    def remove(self, name: str, *, force: bool = False, delete_branch: bool = False,
+               on_backup: Callable[[Any], None] | None = None) -> Sandbox:
         """Remove the container and the worktree; the branch stays unless asked.
 
-        Refuses when the worktree has uncommitted changes, unless ``force``.
+        Refuses when the worktree has uncommitted changes or commits neither merged nor pushed,
+        unless ``force``; then everything is first saved under a backup ref (see ``sandbox.work``),
+        passed to ``on_backup``.
         """
+        from sandbox import work
+
         sb = self.get(name)
         repo = gitops.Repo(top=Path(sb.repo), common_dir=Path(sb.labels[L.GITDIR]))
         worktree = sb.worktree
-        if worktree.exists() and not force and gitops.is_dirty(worktree):
-            raise Conflict(f"{name} has uncommitted changes in {worktree}",
-                           hint="commit them, or pass --force to discard them")
+        work.check_removable(sb, force=force)
         self.engine.remove(sb.container_id, force=True)
+        saved = work.save_if_at_risk(sb)  # the agent is gone: the snapshot is final
+        if saved is not None and on_backup is not None:
+            on_backup(saved)
         gitdir = None
         try:
             gitdir = gitops.worktree_gitdir(worktree)

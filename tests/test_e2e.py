@@ -50,7 +50,8 @@ def test_claude_spawn_commit_send_logs_rm(env: Env, repo: Path) -> None:
 
     worktree = Path(row["worktree"])
     assert worktree.is_dir()
-    env.ok("rm", name, cwd=repo)
+    assert env.run("rm", name, cwd=repo).code == 5  # its commits are neither merged nor pushed
+    env.ok("rm", "--force", name, cwd=repo)       # backed up under refs/sandbox/backup/, then removed
     assert subprocess.run(["docker", "inspect", f"sandbox-{name}"], capture_output=True).returncode != 0
     assert not worktree.exists()
     assert str(worktree) not in git(repo, "worktree", "list")
@@ -89,5 +90,5 @@ def test_exec_attach_command_and_lifecycle(env: Env, repo: Path) -> None:
     assert env.ok("start", name).out.strip() == "ready"
     env.ok("send", name, "echo again-$((7*7))")
     wait_for(lambda: "again-49" in env.ok("logs", name).out, 20, "typing after restart")
-    env.ok("rm", name)
+    env.ok("rm", "--force", name)  # agent-commit is neither merged nor pushed
     assert env.ok("ls", "--json", cwd=repo).json() == []

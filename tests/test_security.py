@@ -87,7 +87,8 @@ def test_agent_cannot_plant_code_that_host_git_runs(env: Env, repo: Path, tmp_pa
     git(repo, "-c", f"safe.directory={worktree}", "-C", str(worktree), "status")
     git(repo, "log", "-1", "sandbox/" + name)
     assert not marker.exists()
-    env.ok("rm", name)
+    env.ok("rm", "--force", name)  # the planted commit is unmerged: backed up, then removed
+    assert not marker.exists()
 
 
 def test_sandbox_host_git_calls_do_not_run_repo_hooks(env: Env, repo: Path, tmp_path: Path) -> None:
@@ -159,5 +160,6 @@ def test_non_root_user_agent_runs_as_that_user_and_commits(unprivileged: Env) ->
     out = subprocess.run(["runuser", "-u", TEST_USER, "--", "git", "-C", str(repo), "log", "-1", "--format=%s",
                           f"sandbox/{name}"], capture_output=True, text=True)
     assert out.stdout.strip() == "by-agent", out.stderr
-    env.ok("rm", name, cwd=repo)
+    assert env.run("rm", name, cwd=repo).code == 5  # unmerged work: refused
+    env.ok("rm", "--force", name, cwd=repo)  # backed up by the non-root user, then removed
     assert not worktree.exists()

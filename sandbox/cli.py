@@ -71,6 +71,11 @@ def spawn(
     mock_script: Annotated[Optional[Path], typer.Option("--mock-script", help="JSON script for the mock model.")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="Return once started, before the agent is ready.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the agent as JSON.")] = False,
+    retries: Annotated[Optional[int], typer.Option("--retries", help="Restarts after a non-zero exit before `failed` (default 3).")] = None,
+    max_agents: Annotated[Optional[int], typer.Option("--max-agents", help="Refuse (exit 5) when this many agents are starting/busy/waiting.")] = None,
+    queue: Annotated[bool, typer.Option("--queue", help="With --max-agents: wait for a free slot instead of refusing.")] = False,
+    max_time: Annotated[Optional[float], typer.Option("--max-time", help="Stop the agent after S seconds (work kept).")] = None,
+    idle_timeout: Annotated[Optional[float], typer.Option("--idle-timeout", help="Stop the agent after S idle seconds (work kept).")] = None,
 ) -> None:
     """Start an agent in its own container on a new worktree and branch.
 
@@ -82,10 +87,11 @@ def spawn(
             script = json.loads(mock_script.read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"--mock-script {mock_script}: {e}") from e
-    mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model)
+    mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model, retries=retries,
+                   max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout)
     say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
     sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
-                   mock_script=script, wait_ready=not no_wait, on_step=say)
+                   mock_script=script, wait_ready=not no_wait, on_step=say, queue=queue)
     if as_json:
         typer.echo(json.dumps(sb.to_json(), indent=2))
         return
@@ -109,6 +115,7 @@ def ls(
     repo: RepoOpt = None,
     all_repos: Annotated[bool, typer.Option("--all", "-a", help="Agents of every repository.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    exec_state: Annotated[bool, typer.Option("--exec-state", help="Remote engine: read unreadable state files with one exec per agent.")] = False,
 ) -> None:
     """List agents (of the current repository; --all for every one), from container labels.
 
@@ -123,18 +130,22 @@ def ls(
         except SandboxError:
             if repo is not None:
                 raise
-    found = _manager().list(repo=scope)
+    found = _manager().list(repo=scope, exec_state=exec_state)
     if as_json:
         typer.echo(json.dumps([s.to_json() for s in found], indent=2))
         return
-    rows = [["NAME", "AGENT/MODEL", "STATE", "BRANCH", "REPO", "AGE", "TASK"]]
+    rows = [["NAME", "AGENT/MODEL", "STATE", "TRY", "ACTIVE", "BRANCH", "REPO", "AGE", "TASK / REASON"]]
     for s in found:
         am = s.labels.get("sandbox.agent", "?") + ("/" + s.labels["sandbox.model"] if s.labels.get("sandbox.model") else "")
-        rows.append([s.name, am, s.state, s.branch, Path(s.repo).name, _age(s.created), s.labels.get("sandbox.task", "")])
+        state = s.state + (f"({s.exit_code})" if s.state in ("exited", "failed") and s.exit_code is not None else "")
+        active = _age(datetime.fromtimestamp(s.activity, timezone.utc)) if s.activity else "-"
+        note = s.reason if s.state in ("stopped", "failed", "exited", "waiting") and s.reason else s.labels.get("sandbox.task", "")
+        rows.append([s.name, am, state, str(s.attempt or "-"), active, s.branch, Path(s.repo).name, _age(s.created), note])
     width = shutil.get_terminal_size((120, 20)).columns
-    widths = [max(len(r[i]) for r in rows) for i in range(6)]
+    n = len(rows[0]) - 1
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     for r in rows:
-        line = "  ".join(c.ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6]
+        line = "  ".join(c.ljust(w) for c, w in zip(r[:n], widths)) + "  " + r[n]
         typer.echo(line[:width] if sys.stdout.isatty() else line)
 
 
@@ -157,14 +168,36 @@ def send(
     name: str,
     text: Annotated[str, typer.Argument(help="Text typed literally into the agent's pane ('-' reads stdin).")],
     no_enter: Annotated[bool, typer.Option("--no-enter", help="Do not press Enter after the text.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the agent's turn is over; print its answer.")] = False,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="With --wait: give up after S seconds (exit 9).")] = None,
 ) -> None:
-    """Type text into the agent's pane, then press Enter.
+    """Type text into the agent's pane, then press Enter (--wait: and print the answer).
 
-    Example: sandbox send sonnet-1 "also add a test"
+    Example: sandbox send sonnet-1 "also add a test" --wait --timeout 600
     """
     if text == "-":
         text = sys.stdin.read()
+    if wait:
+        from sandbox import status
+
+        typer.echo(status.send_wait(_manager(), name, text, timeout=timeout))
+        return
     _manager().send(name, text, enter=not no_enter)
+
+
+@app.command("wait")
+def wait_(
+    name: str,
+    until: Annotated[str, typer.Option("--until", help="idle, waiting, exited (or failed/stopped), any (not working).")] = "idle",
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up after S seconds (exit 9).")] = None,
+) -> None:
+    """Wait for an agent's state: exit 0 when reached, 9 on timeout, 8 if it ended instead.
+
+    Example: sandbox wait sonnet-1 --until idle --timeout 600
+    """
+    from sandbox import status
+
+    typer.echo(status.wait(_manager(), name, until=until, timeout=timeout).state)
 
 
 @app.command()

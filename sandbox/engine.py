@@ -2,18 +2,24 @@
 
 Every engine call goes through :class:`Engine`; docker-py and requests errors are translated
 into ``sandbox.errors`` here and nowhere else. One HTTP connection pool is reused for the
-life of the process. ``docker`` is imported lazily so that ``sandbox --help`` stays fast.
+life of the process. ``docker`` is imported lazily so that ``sandbox --help`` stays fast, and
+listing containers on a local socket skips docker-py altogether (one plain HTTP GET) so that
+``sandbox ls`` stays fast too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sandbox.errors import EngineError, EngineUnavailable, ImageMissing, NotFound, Conflict
+from sandbox import retry
+from sandbox.errors import Conflict, EngineError, EngineUnavailable, ImageMissing, NotFound, SandboxError
 
 if TYPE_CHECKING:
     import docker
@@ -53,6 +59,44 @@ def translate(what: str) -> Iterator[None]:
         raise EngineUnavailable(f"{what}: cannot reach the Docker engine ({type(e).__name__})") from e
 
 
+def _local_socket(base_url: str | None) -> str | None:
+    """The engine's unix socket path when it is a plain local one (no TLS), else None."""
+    if base_url is None:
+        if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
+            return None
+        base_url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    return base_url[len("unix://"):] if base_url.startswith("unix://") else None
+
+
+def _get_json(sock_path: str, path: str, what: str, timeout: float) -> Any:
+    """One GET on the engine's unix socket, without docker-py/requests (importing them costs ~100 ms
+    per command): HTTP/1.0, so the engine answers unchunked and closes; errors translated here."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(sock_path)
+            conn.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            chunks = []
+            while data := conn.recv(65536):
+                chunks.append(data)
+    except OSError as e:
+        raise EngineUnavailable(f"{what}: cannot reach the Docker engine ({type(e).__name__}: {e})") from e
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+        payload = json.loads(body) if body else None
+    except (IndexError, ValueError) as e:
+        raise EngineError(f"{what}: unreadable answer from the engine: {head[:80]!r}") from e
+    if status >= 400:
+        message = str((payload or {}).get("message", "") if isinstance(payload, dict) else payload).strip()
+        if status == 404:
+            raise NotFound(f"{what}: {message}")
+        if status == 409:
+            raise Conflict(f"{what}: {message}")
+        raise EngineError(f"{what}: {message}", status=status)
+    return payload
+
+
 def _explain(e: Any) -> str:
     explanation = getattr(e, "explanation", None)
     if isinstance(explanation, bytes):
@@ -65,6 +109,7 @@ class Engine:
 
     def __init__(self, base_url: str | None = None, timeout: int = 60) -> None:
         self._base_url = base_url
+        self._sock = _local_socket(base_url)  # listing goes straight to a local socket (no docker-py)
         self._timeout = timeout
         self._api: docker.APIClient | None = None
 
@@ -87,12 +132,21 @@ class Engine:
     # -- containers ------------------------------------------------------------------------
     def list_containers(self, labels: list[str], *, all: bool = True) -> list[dict[str, Any]]:
         """One engine call: containers matching every ``key`` or ``key=value`` label filter."""
-        with translate("list containers"):
-            return list(self.api.containers(all=all, filters={"label": labels}))
+        def once() -> list[dict[str, Any]]:
+            if self._sock is not None and self._api is None:
+                query = urllib.parse.urlencode({"all": int(all), "filters": json.dumps({"label": labels})})
+                return list(_get_json(self._sock, f"/containers/json?{query}", "list containers", self._timeout))
+            with translate("list containers"):
+                return list(self.api.containers(all=all, filters={"label": labels}))
+
+        return retry.call(retry.READS, once)
 
     def inspect(self, ref: str) -> dict[str, Any]:
-        with translate(f"inspect {ref}"):
-            return dict(self.api.inspect_container(ref))
+        def once() -> dict[str, Any]:
+            with translate(f"inspect {ref}"):
+                return dict(self.api.inspect_container(ref))
+
+        return retry.call(retry.READS, once)
 
     def create(
         self,
@@ -108,6 +162,37 @@ class Engine:
         host_config: dict[str, Any] | None = None,
         healthcheck: dict[str, Any] | None = None,
     ) -> str:
+        def once() -> str:
+            try:
+                return self._create(name=name, image=image, command=command, labels=labels, env=env,
+                                    user=user, binds=binds, working_dir=working_dir, host_config=host_config,
+                                    healthcheck=healthcheck)
+            except (EngineError, Conflict) as err:
+                took, status = self._created_already(name, labels)  # retried only if it did not happen
+                if took is not None:
+                    return took
+                if retry.is_name_held(err) and status not in ("removing", "dead"):
+                    raise Conflict(f"create container {name}: the name is taken") from err
+                raise err
+
+        return retry.call(retry.NAME_RELEASE, once)
+
+    def _created_already(self, name: str, labels: dict[str, str]) -> tuple[str | None, str | None]:
+        """(id of container ``name`` if it carries our ``labels`` — our earlier create took effect,
+        the holder's status) — (None, None) when no container has that name."""
+        try:
+            with translate(f"inspect {name}"):
+                found = self.api.inspect_container(name)
+        except SandboxError:
+            return None, None
+        have = found.get("Config", {}).get("Labels") or {}
+        status = str((found.get("State") or {}).get("Status") or "")
+        mine = status not in ("removing", "dead") and all(have.get(k) == v for k, v in labels.items())
+        return (str(found["Id"]) if mine else None), status
+
+    def _create(self, *, name: str, image: str, command: list[str] | None, labels: dict[str, str],
+                env: dict[str, str], user: str, binds: list[str], working_dir: str | None,
+                host_config: dict[str, Any] | None, healthcheck: dict[str, Any] | None) -> str:
         with translate(f"create container {name}"):
             hc = self.api.create_host_config(binds=binds, **(host_config or {}))
             created = self.api.create_container(
@@ -127,12 +212,18 @@ class Engine:
             return str(created["Id"])
 
     def start(self, ref: str) -> None:
-        with translate(f"start {ref}"):
-            self.api.start(ref)
+        def once() -> None:
+            with translate(f"start {ref}"):
+                self.api.start(ref)
+
+        retry.call(retry.LIFECYCLE, once)
 
     def stop(self, ref: str, timeout: int = 10) -> None:
-        with translate(f"stop {ref}"):
-            self.api.stop(ref, timeout=timeout)
+        def once() -> None:
+            with translate(f"stop {ref}"):
+                self.api.stop(ref, timeout=timeout)
+
+        retry.call(retry.LIFECYCLE, once)
 
     def restart(self, ref: str, timeout: int = 10) -> None:
         with translate(f"restart {ref}"):
@@ -161,6 +252,10 @@ class Engine:
             out, err = self.api.exec_start(ex["Id"], demux=True)
             code = self.api.exec_inspect(ex["Id"])["ExitCode"]
         return ExecResult(int(code if code is not None else -1), out or b"", err or b"")
+
+    def read(self, ref: str, argv: list[str]) -> ExecResult:
+        """An exec that only reads (cat, capture-pane): safe to repeat, so retried on transient errors."""
+        return retry.call(retry.READS, self.exec, ref, argv)
 
     def logs(self, ref: str, tail: int = 100) -> str:
         with translate(f"logs of {ref}"):

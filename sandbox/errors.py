@@ -8,7 +8,8 @@
     ├── Conflict                  exit 5   name taken, capacity full, refusing to lose work
     ├── EngineError               exit 6   the Docker engine refused or failed
     │   └── EngineUnavailable     exit 7   the Docker engine cannot be reached
-    ├── AgentError                exit 8   the agent did not start / failed / timed out waiting
+    ├── AgentError                exit 8   the agent did not start / failed / exited while waited for
+    │   └── WaitTimeout           exit 9   `wait`, `send --wait`, `spawn --queue` ran out of time
     └── GitError                  exit 3   a git command failed (argv and stderr attached)
 
 Engine (docker-py) errors are translated in ``sandbox.engine`` only; git errors in
@@ -73,3 +74,7 @@ class EngineUnavailable(EngineError):
 
 class AgentError(SandboxError):
     exit_code = 8
+
+
+class WaitTimeout(AgentError):
+    exit_code = 9

@@ -13,12 +13,17 @@ state file ``/run/sandbox-state/state.json``, on a mount the host reads without 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +53,35 @@ def read_state() -> dict[str, Any]:
         return {}
 
 
-def write_state(state: str, **fields: Any) -> None:
-    """Atomically replace the state file, keeping fields not given."""
-    data = read_state()
-    data.update(fields)
-    data["state"] = state
-    data["ts"] = time.time()
-    tmp = STATE.with_name(f".state.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, STATE)
+@contextmanager
+def _locked() -> Iterator[None]:
+    """Serialise read-modify-write of the state file between the init loop and the hooks."""
+    try:
+        fd = os.open(STATE_DIR / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_state(state: str | None = None, **fields: Any) -> dict[str, Any]:
+    """Atomically replace the state file, keeping fields not given (``state=None`` keeps it)."""
+    with _locked():
+        data = read_state()
+        data.update(fields)
+        if state is not None:
+            if data.get("state") != state:
+                data["since"] = time.time()
+            data["state"] = state
+        data["ts"] = time.time()
+        tmp = STATE.with_name(f".state.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, STATE)
+        return data
 
 
 def tmux(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -120,15 +145,178 @@ def _start_mock(launch: dict[str, Any], env: dict[str, str]) -> None:
     env.pop("ANTHROPIC_AUTH_TOKEN", None)
 
 
+# -- the supervisor ---------------------------------------------------------------------------
+# Fallback state for agents without hooks: the pane's last output time and a few prompt patterns.
+QUIET = 2.0  # seconds without pane output before a hook-less agent counts as idle
+PROMPT_PATTERNS = re.compile(
+    r"(\(y/n\)|\[y/n\]|\[Y/n\]|\[y/N\]|\(yes/no\)|Do you want to|Allow .*\?|Press Enter|Continue\?|Approve)",
+    re.IGNORECASE,
+)
+TERMINAL = ("exited", "failed", "stopped")
+
+
+def _pane(session: str) -> dict[str, Any] | None:
+    """The agent pane: dead, exit status, pid, last activity (epoch s); None without a session."""
+    res = tmux("list-panes", "-t", f"={session}:", "-F",
+               "#{pane_dead} #{pane_dead_status} #{pane_pid} #{window_activity}", check=False)
+    if res.returncode != 0:
+        return None
+    parts = (res.stdout.split("\n") or [""])[0].split()
+    if len(parts) == 3:  # pane_dead_status is empty while the pane lives
+        parts.insert(1, "")
+    if len(parts) < 4:
+        return None
+    dead = parts[0] == "1"
+    code = int(parts[1]) if dead and parts[1].lstrip("-").isdigit() else (-1 if dead else None)
+    return {"dead": dead, "code": code, "pid": int(parts[2]) if parts[2].isdigit() else 0,
+            "activity": float(parts[3]) if parts[3].isdigit() else time.time()}
+
+
 def _pane_status(session: str) -> tuple[bool, int | None]:
     """(session alive, exit status if the agent's process has exited)."""
-    res = tmux("list-panes", "-t", f"={session}:", "-F", "#{pane_dead} #{pane_dead_status}", check=False)
-    if res.returncode != 0:
-        return False, None
-    first = (res.stdout.split("\n") or [""])[0].split()
-    if first and first[0] == "1":
-        return True, int(first[1]) if len(first) > 1 and first[1].lstrip("-").isdigit() else -1
-    return True, None
+    pane = _pane(session)
+    return (False, None) if pane is None else (True, pane["code"])
+
+
+def backoff(failures: int, base: float, cap: float = 30.0) -> float:
+    """Exponential backoff with jitter: base·2^(failures-1), capped, times a factor in [0.5, 1]."""
+    return min(cap, base * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
+
+
+def _fallback_state(session: str, pane: dict[str, Any], now: float) -> str:
+    if now - pane["activity"] < QUIET:
+        return "busy"
+    tail = tmux("capture-pane", "-p", "-t", f"={session}:", check=False).stdout.rstrip().splitlines()[-3:]
+    return "waiting" if tail and PROMPT_PATTERNS.search("\n".join(tail)) else "idle"
+
+
+def _kill_agent(pid: int) -> None:
+    """TERM the agent's process group (tmux made it a session leader), KILL after 3 s."""
+    for sig, wait in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+
+
+class Supervisor:
+    """Runs the agent in the tmux pane; restarts it on failure; enforces the time limits."""
+
+    def __init__(self, launch: dict[str, Any]) -> None:
+        self.launch = launch
+        self.session = str(launch["session"])
+        self.argv = [str(a) for a in launch["argv"]]
+        self.retries = int(launch.get("retries", 3))
+        self.base = float(launch.get("backoff", 1.0))
+        self.stable_after = float(launch.get("stable_after", 60.0))
+        self.max_time = float(launch.get("max_time") or 0)
+        self.idle_timeout = float(launch.get("idle_timeout") or 0)
+        self.hooks = bool(launch.get("claude"))
+        self.t0 = time.time()
+        prev = read_state()
+        self.attempt = int(prev.get("attempt", 0))
+        self.failures = int(prev.get("failures", 0))
+        if prev.get("state") in (None, "stopped", "exited"):
+            self.failures = 0  # a first start, or started again by the user
+        elif prev.get("state") != "failed":
+            self.failures += 1  # the container died under a live agent (the engine restarted it)
+        self.circuit_open = prev.get("state") == "failed" or self.failures > self.retries
+        self.attempt_t0 = 0.0
+
+    def start_agent(self) -> None:
+        self.attempt += 1
+        self.attempt_t0 = time.time()
+        write_state("starting", attempt=self.attempt, failures=self.failures, exit_code=None,
+                    reason=None if self.attempt == 1 else f"restarted (attempt {self.attempt})",
+                    prompts=0, activity=self.attempt_t0, started=self.attempt_t0)
+        target = f"={self.session}:"
+        if tmux("has-session", "-t", f"={self.session}", check=False).returncode == 0:
+            tmux("respawn-pane", "-k", "-t", target, "-c", self.launch["workdir"], "--", *self.argv)
+        else:
+            tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
+                 "-c", self.launch["workdir"], "--", *self.argv)
+        if self.launch.get("delivery") == "type" and self.launch.get("task"):
+            task = self.launch["task"]  # a trailing ";" would be a tmux separator (see sandbox.tmux.literal)
+            tmux("set-buffer", "-b", "sandbox-task", "--", task[:-1] + "\\;" if task.endswith(";") else task)
+            tmux("paste-buffer", "-p", "-d", "-r", "-b", "sandbox-task", "-t", target)
+            tmux("send-keys", "-t", target, "Enter")
+        if not self.hooks:
+            write_state("busy")  # hook-less agents: the fallback below takes over
+
+    def on_exit(self, code: int) -> float | None:
+        """The agent's process ended: a delay before restarting it, or None to stay down."""
+        history = list(read_state().get("history") or [])[-19:]
+        history.append({"attempt": self.attempt, "exit_code": code, "started": self.attempt_t0, "ended": time.time()})
+        write_state(None, history=history)
+        if code == 0:
+            write_state("exited", exit_code=0, reason="agent exited cleanly")
+            return None
+        if time.time() - self.attempt_t0 >= self.stable_after:
+            self.failures = 0  # it ran fine for a while: this failure starts a new count
+        self.failures += 1
+        if self.failures > self.retries:
+            write_state("failed", exit_code=code, failures=self.failures,
+                        reason=f"gave up after {self.failures} failed attempts (last exit {code})")
+            return None
+        delay = backoff(self.failures, self.base)
+        write_state("starting", exit_code=code, failures=self.failures,
+                    reason=f"exit {code}: restart {self.failures}/{self.retries} in {delay:.1f}s")
+        return delay
+
+    def stop_agent(self, pid: int, reason: str) -> None:
+        write_state("stopped", reason=reason)
+        _kill_agent(pid)
+
+    def run(self) -> int:
+        if self.circuit_open:
+            write_state("failed", failures=self.failures,
+                        reason=read_state().get("reason") or f"gave up after {self.failures} failed attempts")
+            return self.idle_forever()
+        self.start_agent()
+        restart_at: float | None = None
+        last_activity = 0.0
+        while True:
+            time.sleep(0.5)
+            now = time.time()
+            if restart_at is not None:
+                if now >= restart_at:
+                    restart_at = None
+                    self.start_agent()
+                continue
+            pane = _pane(self.session)
+            if pane is None or pane["dead"]:
+                restart_at = self.on_exit(-1 if pane is None else int(pane["code"]))
+                if restart_at is None:
+                    return self.idle_forever()
+                restart_at += now
+                continue
+            state = read_state()
+            activity = float(state.get("activity") or 0)
+            if not self.hooks or state.get("state") == "busy":
+                # Claude Code redraws its screen while idle: with hooks, pane output counts only when busy.
+                activity = max(activity, pane["activity"])
+            if self.max_time and now - self.t0 >= self.max_time:
+                self.stop_agent(pane["pid"], f"max-time {self.max_time:g}s reached")
+                return self.idle_forever()
+            if self.idle_timeout and now - activity >= self.idle_timeout:
+                self.stop_agent(pane["pid"], f"idle-timeout {self.idle_timeout:g}s reached")
+                return self.idle_forever()
+            new = None if self.hooks or state.get("state") in TERMINAL else _fallback_state(self.session, pane, now)
+            if (new and new != state.get("state")) or activity > last_activity + 0.5:
+                write_state(new, activity=activity)
+                last_activity = activity
+
+    def idle_forever(self) -> int:
+        """Stay up with the pane (and its history) in place, so `logs` still works; a TERM ends it."""
+        while True:
+            time.sleep(3600)
 
 
 def init() -> int:
@@ -136,22 +324,20 @@ def init() -> int:
     secrets: dict[str, str] = {}
     if SECRETS.exists():
         secrets = json.loads(SECRETS.read_text())
-    session = launch["session"]
     env = dict(os.environ)
     env.update(secrets)
-    previous = read_state()
-    attempt = int(previous.get("attempt", 0)) + 1
-    write_state("starting", attempt=attempt, exit_code=None, reason=None, prompts=0, event=None)
 
     def on_term(signum: int, frame: Any) -> None:
-        write_state("stopped", reason="stopped")
+        if read_state().get("state") not in ("failed", "stopped"):
+            write_state("stopped", reason="stopped")
         tmux("kill-server", check=False)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
 
-    argv = list(launch["argv"])
+    sup = Supervisor(launch)
+    argv = sup.argv
     if launch.get("mock_model"):
         _start_mock(launch, env)
     _setup_home(launch, env.get("ANTHROPIC_API_KEY"))
@@ -160,52 +346,98 @@ def init() -> int:
     from shutil import which
 
     if which(argv[0]) is None:
-        write_state("failed", reason=f"{argv[0]}: command not found in the image", exit_code=127)
+        write_state("failed", attempt=1, reason=f"{argv[0]}: command not found in the image", exit_code=127)
         return 127
-    tmux("-f", TMUX_CONF, "new-session", "-d", "-s", session, "-x", "200", "-y", "50", "-c", launch["workdir"],
-         "--", *argv)
-    if launch.get("delivery") == "type" and launch.get("task"):
-        task = launch["task"]  # a trailing ";" would be a tmux separator: escape it (see sandbox.tmux.literal)
-        tmux("set-buffer", "-b", "sandbox-task", "--", task[:-1] + "\\;" if task.endswith(";") else task)
-        tmux("paste-buffer", "-p", "-d", "-r", "-b", "sandbox-task", "-t", f"={session}:")
-        tmux("send-keys", "-t", f"={session}:", "Enter")
-    if not launch.get("claude"):
-        write_state("ready")  # Claude Code reports readiness itself, through its hooks.
+    return sup.run()
+
+
+def _last_answer(payload: dict[str, Any]) -> str:
+    """The assistant's text for the last prompt: from the Stop payload, else its transcript."""
+    direct = payload.get("last_assistant_message")
+    if isinstance(direct, str) and direct.strip():
+        return direct
+    path = payload.get("transcript_path")
+    if not isinstance(path, str):
+        return ""
+    deadline = time.monotonic() + 2.0
     while True:
-        alive, code = _pane_status(session)
-        if not alive:
-            write_state("exited", reason="session ended")
-            return 0
-        if code is not None:
-            if read_state().get("state") != "exited":
-                write_state("exited", exit_code=code, reason=f"agent exited with {code}")
-        time.sleep(0.5)
+        texts: list[str] = []
+        try:
+            lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            msg = entry.get("message") if isinstance(entry, dict) else None
+            if not isinstance(msg, dict):
+                continue
+            content = msg.get("content")
+            blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content or []
+            kinds = {b.get("type") for b in blocks if isinstance(b, dict)}
+            if entry.get("type") == "user" and "text" in kinds and "tool_result" not in kinds:
+                texts = []  # a new prompt: the answer starts after it
+            elif entry.get("type") == "assistant":
+                texts += [str(b["text"]) for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
+        if texts or time.monotonic() > deadline:
+            return "\n".join(texts)
+        time.sleep(0.1)
 
 
 def hook(event: str) -> int:
     try:
-        sys.stdin.read()
-    except OSError:
-        pass
+        raw = sys.stdin.read()
+        payload = json.loads(raw) if raw.strip() else {}
+    except (OSError, ValueError):
+        payload = {}
+    payload = payload if isinstance(payload, dict) else {}
     state = HOOK_STATES.get(event)
     if state is None:
         return 0
-    prompts = int(read_state().get("prompts", 0))
+    current = read_state()
+    if current.get("state") in TERMINAL:
+        return 0
+    fields: dict[str, Any] = {"event": event, "activity": time.time()}
     if event == "UserPromptSubmit":
-        prompts += 1
-    elif event == "SessionStart" and prompts == 0:
+        fields["prompts"] = int(current.get("prompts", 0)) + 1
+    elif event == "SessionStart" and int(current.get("prompts", 0)) == 0:
         # A task given as the prompt argument is submitted right after start: busy, not idle.
         launch = json.loads(LAUNCH.read_text())
         if launch.get("task") and launch.get("delivery") == "arg":
             state = "busy"
-    write_state(state, event=event, prompts=prompts)
+    elif event == "Notification":
+        message = str(payload.get("message") or "")
+        kind = str(payload.get("notification_type") or "")
+        fields["notification"] = message[:300]
+        if kind == "idle_prompt" or "waiting for your input" in message:
+            return 0  # Claude Code's reminder after a long idle: still idle, nothing new is asked
+    elif event == "Stop":
+        answer = _last_answer(payload)
+        tmp = STATE_DIR / f".reply.{os.getpid()}.tmp"
+        tmp.write_text(answer)
+        os.replace(tmp, STATE_DIR / "reply.txt")
+        fields["stops"] = int(current.get("stops", 0)) + 1
+        if answer.rstrip().endswith("?"):
+            state = "waiting"  # the turn ended with a question for the user
+            fields["reason"] = "question"
+    if state != "waiting":
+        fields["reason"] = None
+    write_state(state, **fields)
     return 0
 
 
 def health() -> int:
+    """0 while the session and the agent live, or while a restart is pending (no flapping)."""
+    state = read_state()
+    if state.get("state") in TERMINAL:
+        return 1
     session = json.loads(LAUNCH.read_text())["session"]
-    alive, code = _pane_status(session)
-    return 0 if alive and code is None else 1
+    pane = _pane(session)
+    if state.get("state") == "starting":
+        return 0
+    return 0 if pane is not None and not pane["dead"] else 1
 
 
 def main(argv: list[str]) -> int:

@@ -28,6 +28,9 @@ SESSION = PREFIX + "session"      # the tmux session name inside the container
 UID = PREFIX + "uid"
 STATE_DIR = PREFIX + "state-dir"  # host directory mounted at /run/sandbox-state
 RUN_ID = PREFIX + "run-id"        # optional: stamps everything a test run creates
+RETRIES = PREFIX + "retries"      # restarts allowed after a non-zero exit (supervision)
+MAX_TIME = PREFIX + "max-time"    # wall-clock limit in seconds ("" = none)
+IDLE_TIMEOUT = PREFIX + "idle-timeout"  # idle limit in seconds ("" = none)
 
 TASK_SUMMARY_MAX = 200
 

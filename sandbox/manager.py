@@ -10,22 +10,25 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sandbox import __version__, agents, gitops, labels as L
-from sandbox.config import Settings
+from sandbox import __version__, agents, capacity, gitops, labels as L
 from sandbox.engine import Engine, ExecResult
 from sandbox.errors import AgentError, Conflict, ImageMissing, NotFound, RepoError, UsageError
 from sandbox.tmux import Tmux
+
+if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
+    from sandbox.config import Settings
 
 CONTAINER_PREFIX = "sandbox-"
 BRANCH_PREFIX = "sandbox/"
@@ -63,13 +66,41 @@ class Sandbox:
 
     @property
     def state(self) -> str:
-        """One word: the agent state while running, else the container state."""
+        """One word (README "States"): the agent's state file while the container runs, else
+        what the container's end says (stopped by us / failed for good / exited)."""
+        own = self.agent_state.get("state")
         if self.engine_state == "running":
-            return str(self.agent_state.get("state") or "starting")
+            return str(own or "starting")
         if self.engine_state in ("exited", "dead"):
-            reason = self.agent_state.get("state")
-            return "exited" if reason in (None, "exited", "failed") else "stopped"
+            return str(own) if own in ("stopped", "failed") else "exited"
+        if self.engine_state in ("created", "restarting"):
+            return "starting"
         return self.engine_state
+
+    @property
+    def exit_code(self) -> int | None:
+        """The agent's last exit code; for a container that died, the container's."""
+        code = self.agent_state.get("exit_code")
+        if self.engine_state in ("exited", "dead") and self.agent_state.get("state") not in ("stopped", "failed", "exited"):
+            m = re.match(r"Exited \((-?\d+)\)", self.status)
+            return int(m.group(1)) if m else code
+        return int(code) if code is not None else None
+
+    @property
+    def reason(self) -> str:
+        if self.engine_state in ("exited", "dead") and self.state == "exited" and self.agent_state.get("state") != "exited":
+            return f"container exited ({self.exit_code})"
+        return str(self.agent_state.get("reason") or "")
+
+    @property
+    def attempt(self) -> int:
+        return int(self.agent_state.get("attempt") or 0)
+
+    @property
+    def activity(self) -> float | None:
+        """Epoch seconds of the agent's last activity (hook event or pane output)."""
+        ts = self.agent_state.get("activity") or self.agent_state.get("ts")
+        return float(ts) if ts else None
 
     @property
     def created(self) -> datetime | None:
@@ -85,6 +116,11 @@ class Sandbox:
             "container": self.container_name,
             "container_id": self.container_id,
             "state": self.state,
+            "attempt": self.attempt,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "activity": (datetime.fromtimestamp(self.activity, timezone.utc).isoformat(timespec="seconds")
+                         if self.activity else None),
             "engine_state": self.engine_state,
             "status": self.status,
             "agent": self.labels.get(L.AGENT),
@@ -180,11 +216,27 @@ class SandboxManager:
             agent_state=_read_state(lab.get(L.STATE_DIR)),
         )
 
-    def list(self, repo: Path | None = None) -> list[Sandbox]:
-        """Every managed agent (of one repository when ``repo`` is given): one engine call."""
+    def list(self, repo: Path | None = None, *, exec_state: bool = False) -> list[Sandbox]:
+        """Every managed agent (of one repository when ``repo`` is given): one engine call.
+
+        ``exec_state``: for a running agent whose state file this host cannot read (a remote
+        engine), read it with one exec into that container.
+        """
         extra = [f"{L.REPO}={repo}"] if repo else []
         found = [self._snapshot(c) for c in self.engine.list_containers(self._filters(*extra))]
+        if exec_state:
+            found = [self.with_exec_state(sb) for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
+
+    def with_exec_state(self, sb: Sandbox) -> Sandbox:
+        if sb.agent_state or sb.engine_state != "running":
+            return sb
+        res = self.engine.read(sb.container_id, ["cat", f"{STATE_MOUNT}/state.json"])
+        try:
+            state = dict(json.loads(res.text)) if res.exit_code == 0 else {}
+        except ValueError:
+            state = {}
+        return replace(sb, agent_state=state)
 
     def get(self, name: str) -> Sandbox:
         found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))
@@ -213,6 +265,7 @@ class SandboxManager:
         mock_script: dict[str, Any] | None = None,
         wait_ready: bool = True,
         on_step: Callable[[str], None] | None = None,
+        queue: bool = False,
     ) -> Sandbox:
         s = self.settings
         step = on_step or (lambda _msg: None)
@@ -232,15 +285,23 @@ class SandboxManager:
         explicit = name is not None
         prefix = agents.name_prefix(Path(spec.binary).name if agent_cmd is not None else spec.name, model)
         name = name or self._allocate_name(prefix)
-        for _ in range(20):
-            try:
-                return self._spawn_named(name, spec, task, model, repo, base_sha, image_id, mock_script,
-                                         wait_ready, step)
-            except _NameTaken:
-                if explicit:
-                    raise Conflict(f"name {name!r} is taken", hint="pick another with --name") from None
-                name = self._allocate_name(prefix)
+        if s.max_agents is not None:
+            step(f"waiting for a free slot (max {s.max_agents} agents)" if queue else "checking capacity")
+        with capacity.Slot(s.data_dir / "capacity.lock", s.max_agents, self.working_count, queue=queue,
+                           timeout=s.queue_timeout) as slot:
+            for _ in range(20):
+                try:
+                    return self._spawn_named(name, spec, task, model, repo, base_sha, image_id, mock_script,
+                                             wait_ready, step, slot)
+                except _NameTaken:
+                    if explicit:
+                        raise Conflict(f"name {name!r} is taken", hint="pick another with --name") from None
+                    name = self._allocate_name(prefix)
         raise Conflict("could not find a free name; pass --name")
+
+    def working_count(self) -> int:
+        """Agents holding a capacity slot: starting, busy or waiting (one engine call)."""
+        return sum(1 for sb in self.list() if sb.state in capacity.WORKING)
 
     def _spawn_named(
         self,
@@ -254,6 +315,7 @@ class SandboxManager:
         mock_script: dict[str, Any] | None,
         wait_ready: bool,
         step: Callable[[str], None],
+        slot: capacity.Slot,
     ) -> Sandbox:
         s = self.settings
         if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
@@ -294,10 +356,16 @@ class SandboxManager:
                 host_config["mem_limit"] = s.memory
             if s.cpus:
                 host_config["nano_cpus"] = int(s.cpus * 1e9)
+            # A container that dies (its init killed, OOM…) is restarted by the engine; the init counts
+            # it as a failed attempt. (`docker kill`/`stop` count as manual stops: no restart.)
+            host_config["restart_policy"] = {"Name": "on-failure", "MaximumRetryCount": s.retries + 1}
             if s.profile == "locked":
                 host_config["network_mode"] = "none"
                 host_config["read_only"] = True
                 host_config["tmpfs"] = {"/tmp": "rw,nosuid,nodev,size=512m", "/home/agent": "rw,nosuid,nodev,mode=1777"}
+                # The launch files are copied in before start: an anonymous volume takes them
+                # where the read-only root cannot (removed with the container).
+                host_config["mounts"] = [{"Target": "/var/lib/sandbox", "Type": "volume"}]
             step(f"container {CONTAINER_PREFIX}{name}")
             try:
                 cid = self.engine.create(
@@ -314,6 +382,7 @@ class SandboxManager:
             except Conflict:
                 raise _NameTaken(name) from None
             undo.callback(self.engine.remove, cid)
+            slot.recheck()
 
             secrets, use_mock = self._secrets(spec)
             launch = {
@@ -327,13 +396,18 @@ class SandboxManager:
                 "mock_model": use_mock,
                 "mock_script": mock_script,
                 "git_identity": self._git_identity(repo),
+                "retries": s.retries,
+                "backoff": s.retry_backoff,
+                "max_time": s.max_time,
+                "idle_timeout": s.idle_timeout,
             }
             files = {
                 "launch.json": (json.dumps(launch).encode(), 0o600),
                 "secrets.json": (json.dumps(secrets).encode(), 0o400),
             }
-            self.engine.put_archive(cid, "/var/lib", _tar(files, uid, gid, "sandbox"))
+            self.engine.put_archive(cid, "/var/lib/sandbox", _tar(files, uid, gid, "."))
             self.engine.start(cid)
+            slot.release()  # the new agent is `starting` now: it counts itself
             sandbox = self.get(name)
             if wait_ready:
                 step("waiting for the agent to be ready")
@@ -390,6 +464,9 @@ class SandboxManager:
         }
         if self.settings.run_id:
             labels[L.RUN_ID] = self.settings.run_id
+        labels[L.RETRIES] = str(self.settings.retries)
+        labels[L.MAX_TIME] = f"{self.settings.max_time:g}" if self.settings.max_time else ""
+        labels[L.IDLE_TIMEOUT] = f"{self.settings.idle_timeout:g}" if self.settings.idle_timeout else ""
         return labels
 
     def _secrets(self, spec: agents.AgentSpec) -> tuple[dict[str, str], bool]:

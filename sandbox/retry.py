@@ -1,0 +1,89 @@
+"""Named retry policies (tenacity) for transient Docker engine errors — host side only.
+
+A policy retries only what :func:`is_transient` calls transient: the engine unreachable for a
+moment (connection reset/refused, timeout), a 5xx that is not a configuration error, and a
+container name still held by a container that is being removed. Attempts and total time are
+bounded, each retry is logged, and the original error is re-raised when the policy gives up.
+
+Use a policy only on a call that is safe to repeat (list, inspect, start, stop, reading execs),
+or on a mutating call after checking whether it already took effect (see ``Engine.create``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import tenacity
+
+from sandbox.errors import Conflict, EngineError, EngineUnavailable
+
+log = logging.getLogger("sandbox.retry")
+T = TypeVar("T")
+
+# 5xx answers that are the caller's configuration, not the engine's weather: never retried.
+_CONFIG_ERRORS = re.compile(
+    r"invalid|no such image|not found|bind source path does not exist|mount denied|"
+    r"unknown (flag|option|runtime)|executable file not found|permission denied|"
+    r"OCI runtime create failed|port is already allocated|conflicting options|"
+    r"is not running|is paused|is restarting",
+    re.IGNORECASE,
+)
+# A name that is held only until an earlier container's removal completes.
+NAME_HELD = re.compile(r"is already in use by container|removal of container .* is already in progress",
+                       re.IGNORECASE)
+
+
+def is_transient(err: BaseException) -> bool:
+    """Is this engine error worth one more try of the same (idempotent) call?"""
+    if isinstance(err, EngineUnavailable):
+        return True
+    if isinstance(err, Conflict):
+        return False  # a name conflict is decided by the caller (see is_name_held)
+    if isinstance(err, EngineError):
+        status = err.status or 0
+        return 500 <= status < 600 and not _CONFIG_ERRORS.search(err.message)
+    return False
+
+
+def is_name_held(err: BaseException) -> bool:
+    return isinstance(err, Conflict) and bool(NAME_HELD.search(err.message))
+
+
+def _log_retry(state: tenacity.RetryCallState) -> None:
+    err = state.outcome.exception() if state.outcome else None
+    log.warning("engine call %s failed (attempt %d, %.1fs): %s; retrying",
+                getattr(state.fn, "__name__", "?"), state.attempt_number, state.seconds_since_start, err)
+
+
+def policy(name: str, *, attempts: int, max_seconds: float, first: float = 0.1, cap: float = 2.0,
+           retry_if: Callable[[BaseException], bool] = is_transient) -> tenacity.Retrying:
+    """A bounded policy: exponential backoff with jitter, logged, re-raising the original error."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(retry_if),
+        stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(max_seconds),
+        wait=tenacity.wait_random_exponential(multiplier=first, max=cap),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+
+
+# The named policies.
+def READS() -> tenacity.Retrying:       # list, inspect, reading execs: cheap, repeat quickly
+    return policy("reads", attempts=4, max_seconds=10)
+
+
+def LIFECYCLE() -> tenacity.Retrying:   # start, stop: idempotent, may take longer
+    return policy("lifecycle", attempts=3, max_seconds=30, first=0.5)
+
+
+def NAME_RELEASE() -> tenacity.Retrying:  # create while the previous holder of the name is being removed
+    return policy("name-release", attempts=20, max_seconds=15, first=0.1, cap=1.0,
+                  retry_if=lambda e: is_transient(e) or is_name_held(e))
+
+
+def call(make_policy: Callable[[], tenacity.Retrying], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` under a fresh instance of the named policy."""
+    return make_policy()(fn, *args, **kwargs)

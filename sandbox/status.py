@@ -1,0 +1,98 @@
+"""Waiting on agent states: ``sandbox wait`` and ``sandbox send --wait``.
+
+States come from the per-agent state file (see README "States"), read locally; where this host
+cannot read it (a remote engine) one exec per poll reads it instead. Polls are bounded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sandbox import labels as L
+from sandbox.errors import AgentError, WaitTimeout
+from sandbox.manager import Sandbox, SandboxManager
+
+TERMINAL = ("exited", "failed", "stopped")
+UNTIL = {
+    "idle": ("idle",),
+    "waiting": ("waiting",),
+    "exited": TERMINAL,
+    "any": ("idle", "waiting", *TERMINAL),  # anything but starting/busy: the agent is not working
+}
+
+
+def _snapshot(mgr: SandboxManager, name: str) -> Sandbox:
+    return mgr.with_exec_state(mgr.get(name))
+
+
+def wait(mgr: SandboxManager, name: str, until: str = "idle", timeout: float | None = None,
+         poll: float = 0.2) -> Sandbox:
+    """Return the agent once its state is in ``UNTIL[until]``.
+
+    Raises WaitTimeout (exit 9) when ``timeout`` passes, AgentError (exit 8) when the agent ends
+    (exited/failed/stopped) while something else was awaited.
+    """
+    if until not in UNTIL:
+        from sandbox.errors import UsageError
+
+        raise UsageError(f"--until must be one of {', '.join(UNTIL)}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sb = _snapshot(mgr, name)
+        if sb.state in UNTIL[until]:
+            return sb
+        if sb.state in TERMINAL:
+            raise AgentError(f"agent {name} is {sb.state}" + (f": {sb.reason}" if sb.reason else ""))
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(f"agent {name} still {sb.state} after {timeout:g}s (waiting for {until})")
+        time.sleep(poll)
+
+
+def _new_text(before: str, after: str, prompt: str) -> str:
+    """Pane text that appeared after ``before``, without the echoed prompt."""
+    old = before.rstrip("\n").splitlines()
+    new = after.rstrip("\n").splitlines()
+    # The prompt is typed on the last line of `before` (e.g. a shell prompt): all lines but that stay.
+    k = max(0, len(old) - 1)
+    lines = new[k:] if new[:k] == old[:k] else new
+    last = (prompt.strip().splitlines() or [""])[-1]
+    for i, line in enumerate(lines):
+        if last and last in line:
+            lines = lines[i + 1:]
+            break
+    return "\n".join(lines).strip("\n")
+
+
+def send_wait(mgr: SandboxManager, name: str, text: str, timeout: float | None = None) -> str:
+    """Send a prompt, wait until the agent's turn is over (idle or waiting), return its answer.
+
+    Claude Code: the Stop hook stores the turn's assistant text in ``reply.txt`` (from the hook's
+    ``transcript_path``). Other agents: the pane text that appeared after the prompt.
+    """
+    sb = _snapshot(mgr, name)
+    hooks = sb.labels.get(L.AGENT) == "claude"
+    stops = int(sb.agent_state.get("stops") or 0)
+    before = "" if hooks else mgr.logs(name)
+    t_send = time.time()
+    mgr.send(name, text)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        sb = _snapshot(mgr, name)
+        st = sb.agent_state
+        done = (int(st.get("stops") or 0) > stops) if hooks else float(st.get("since") or 0) > t_send
+        if done and sb.state in ("idle", "waiting"):
+            break
+        if sb.state in TERMINAL:
+            raise AgentError(f"agent {name} is {sb.state}" + (f": {sb.reason}" if sb.reason else ""))
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(f"agent {name} still {sb.state} after {timeout:g}s")
+        time.sleep(0.2)
+    if not hooks:
+        return _new_text(before, mgr.logs(name), text)
+    local = Path(sb.labels.get(L.STATE_DIR, "/nonexistent")) / "reply.txt"
+    try:
+        return local.read_text()
+    except OSError:
+        res = mgr.engine.read(sb.container_id, ["cat", "/run/sandbox-state/reply.txt"])
+        return res.text

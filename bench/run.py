@@ -1,0 +1,538 @@
+"""Benchmarks of `sandbox` side by side with raw docker doing the same work, in the same run.
+
+    .venv/bin/python bench/run.py [--quick] [--json FILE] [--max-agents N]
+
+Not part of the test suite. Prints a table of medians (each beside its raw baseline and the ratio)
+and writes JSON to bench/results/latest.json (git-ignored). Everything it creates carries the label
+``sandbox.run-id=bench-…`` (the CLI stamps it from ``SANDBOX_RUN_ID``), lives in a temporary
+directory (a throwaway repository, its worktrees, the data dir through ``XDG_DATA_HOME``) and is
+removed at the end, even on failure or Ctrl-C.
+
+Engine API calls of ``sandbox ls`` are counted by pointing the CLI's ``DOCKER_HOST`` at a small
+counting proxy in front of the engine's socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+IMAGE = os.environ.get("SANDBOX_IMAGE", "sandbox-agent:latest")
+ENGINE_SOCK = "/var/run/docker.sock"
+# `docker ps --format '{{json .}}'` marshals every field, Size included, which makes the docker CLI ask the
+# engine to compute each container's disk usage (seconds per container on fuse-overlayfs: 8-30 s for 5
+# containers here). The baseline prints the same fields `ls` needs, as JSON, without the size walk.
+PS_JSON = ('{"ID":{{json .ID}},"Names":{{json .Names}},"Image":{{json .Image}},"State":{{json .State}},'
+           '"Status":{{json .Status}},"CreatedAt":{{json .CreatedAt}},"Labels":{{json .Labels}}}')
+
+
+def sandbox_bin() -> list[str]:
+    script = Path(sys.executable).parent / "sandbox"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "sandbox"]
+
+
+def median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+class Bench:
+    def __init__(self, quick: bool, max_agents: int) -> None:
+        self.quick = quick
+        self.reps = 3 if quick else 5
+        self.max_agents = max_agents
+        self.run_id = f"bench-{uuid.uuid4().hex[:8]}"
+        self.tmp = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
+        self.repo = self.tmp / "repo"
+        self.sb = sandbox_bin()
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("SANDBOX_") and k not in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN",
+                                                                 "CLAUDE_CODE_OAUTH_TOKEN", "ANTHROPIC_BASE_URL")}
+        self.env.update({"XDG_DATA_HOME": str(self.tmp / "data"), "XDG_CONFIG_HOME": str(self.tmp / "config"),
+                         "SANDBOX_RUN_ID": self.run_id, "SANDBOX_IMAGE": IMAGE, "SANDBOX_READY_TIMEOUT": "120"})
+        self.agents: list[str] = []
+        self.raw_n = 0
+        self.counter = 0
+        self.results: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.uid = int(self.env.get("SANDBOX_AGENT_UID") or (os.getuid() or 61000))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def run(self, argv: list[str], *, env: dict[str, str] | None = None, check: bool = True,
+            cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess[str]]:
+        t = time.perf_counter()
+        proc = subprocess.run(argv, cwd=cwd or self.repo, env=env or self.env, capture_output=True, text=True,
+                              timeout=300)
+        dt = time.perf_counter() - t
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:6])} exited {proc.returncode}: {proc.stderr.strip()[-400:]}")
+        return dt, proc
+
+    def cli(self, *args: str, **kw: Any) -> tuple[float, subprocess.CompletedProcess[str]]:
+        return self.run([*self.sb, *args], **kw)
+
+    def git(self, *args: str) -> str:
+        return self.run(["git", "-C", str(self.repo), *args])[1].stdout
+
+    def record(self, key: str, value: Any) -> None:
+        self.results[key] = value
+        print(f"  {key}: {value if not isinstance(value, float) else round(value, 4)}", flush=True)
+
+    # -- set-up / tear-down ----------------------------------------------------------------------
+    def setup(self) -> None:
+        self.repo.mkdir(parents=True)
+        ident = ["-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
+        self.run(["git", "init", "-q", "-b", "main", str(self.repo)])
+        (self.repo / "README.md").write_text("# bench\n")
+        self.run(["git", "-C", str(self.repo), *ident, "add", "README.md"])
+        self.run(["git", "-C", str(self.repo), *ident, "commit", "-q", "-m", "initial"])
+        if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode != 0:
+            raise SystemExit(f"{IMAGE} is not built: run `.venv/bin/sandbox image build` first")
+
+    def cleanup(self) -> None:
+        ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.run-id={self.run_id}"],
+                             capture_output=True, text=True).stdout.split()
+        for i in range(0, len(ids), 50):
+            subprocess.run(["docker", "rm", "-f", "-v", *ids[i:i + 50]], capture_output=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        print(f"cleaned up: {len(ids)} containers labelled sandbox.run-id={self.run_id}, {self.tmp}", flush=True)
+
+    # -- raw docker doing the same work --------------------------------------------------------------
+    def raw_spawn(self) -> tuple[float, str]:
+        """git worktree add + docker run -d (same image, mounts, uid) + docker exec tmux new-session -d."""
+        self.raw_n += 1
+        name = f"raw-{self.run_id}-{self.raw_n}"
+        wt = self.tmp / "raw" / name
+        state = self.tmp / "raw-state" / name
+        state.mkdir(parents=True)
+        common = self.repo / ".git"
+        t = time.perf_counter()
+        self.run(["git", "-C", str(self.repo), "worktree", "add", "-q", "-b", f"raw/{name}", str(wt), "HEAD"])
+        gitdir = common / "worktrees" / name
+        ref_dir, log_dir = common / "refs" / "heads", common / "logs" / "refs" / "heads"
+        mounts = [(wt, "rw"), (wt / ".git", "ro"), (common, "ro"), (common / "objects", "rw"), (ref_dir, "rw"),
+                  (log_dir, "rw"), (gitdir, "rw")]
+        argv = ["docker", "run", "-d", "--name", name, "--label", f"sandbox.run-id={self.run_id}",
+                "--user", f"{self.uid}:{self.uid}", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
+                "--pids-limit", "1024", "--init", "-w", str(wt), "--entrypoint", "sleep"]
+        for path, mode in mounts:
+            argv += ["-v", f"{path}:{path}:{mode}"]
+        argv += ["-v", f"{state}:/run/sandbox-state:rw", IMAGE, "infinity"]
+        self.run(argv)
+        self.run(["docker", "exec", "-w", str(wt), name, "tmux", "new-session", "-d", "-s", "raw", "-x", "200",
+                  "-y", "50", "bash"])
+        return time.perf_counter() - t, name
+
+    def raw_rm(self, names: list[str]) -> None:
+        if names:
+            self.run(["docker", "rm", "-f", "-v", *names], check=False)
+
+    def next_name(self) -> str:
+        self.counter += 1
+        return f"b{self.counter}"
+
+    def spawn(self, name: str | None = None) -> float:
+        name = name or self.next_name()
+        dt, _ = self.cli("spawn", "--agent-cmd", "bash", "--name", name)
+        self.agents.append(name)
+        return dt
+
+    # -- the measurements ------------------------------------------------------------------------
+    def startup(self) -> None:
+        print("startup: --version, --help vs python -c pass", flush=True)
+        py, ver, hlp = [], [], []
+        for _ in range(self.reps + 2):
+            py.append(self.run([sys.executable, "-c", "pass"])[0])
+            ver.append(self.cli("--version")[0])
+            hlp.append(self.cli("--help")[0])
+        self.record("python_c_pass_s", median(py))
+        self.record("version_s", median(ver))
+        self.record("help_s", median(hlp))
+
+    def claude_spawn(self) -> None:
+        print("spawn until ready: real Claude Code against the scripted model", flush=True)
+        times = []
+        for i in range(1 if self.quick else 3):
+            name = f"claude-{i + 1}"
+            dt, _ = self.cli("spawn", "--name", name, "--mock-model", "on")
+            times.append(dt)
+            self.cli("rm", "--force", name, check=False)
+        self.record("claude_spawn_s", median(times))
+
+    def single_spawns(self) -> None:
+        print(f"spawn until ready, shell agent, x{self.reps} (interleaved with the raw sequence)", flush=True)
+        sb, raw, raw_names = [], [], []
+        for i in range(self.reps):
+            sb.append(self.spawn())
+            dt, name = self.raw_spawn()
+            raw.append(dt)
+            raw_names.append(name)
+        self.record("spawn_s", median(sb))
+        self.record("spawn_raw_s", median(raw))
+        self.raw_names = raw_names
+
+    def fill(self, n: int, timings: list[float] | None = None) -> None:
+        while len(self.agents) < n:
+            dt = self.spawn()
+            if timings is not None:
+                timings.append(dt)
+
+    def fill_parallel(self, n: int) -> None:
+        while len(self.agents) < n:
+            k = min(10, n - len(self.agents))
+            names = [self.next_name() for _ in range(k)]
+            with ThreadPoolExecutor(k) as pool:
+                list(pool.map(self.spawn, names))
+
+    def ls(self, n: int) -> None:
+        assert len(self.agents) == n, (len(self.agents), n)
+        print(f"ls --json with {n} agents vs docker ps", flush=True)
+        sb, raw = [], []
+        filt = ["--filter", "label=sandbox.managed=1", "--filter", f"label=sandbox.run-id={self.run_id}"]
+        for _ in range(self.reps):
+            dt, proc = self.cli("ls", "--json")
+            sb.append(dt)
+            got = len(json.loads(proc.stdout))
+            assert got == n, f"ls listed {got}, expected {n}"
+            raw.append(self.run(["docker", "ps", "-a", *filt, "--format", PS_JSON])[0])
+        self.record(f"ls_{n}_s", median(sb))
+        self.record(f"ls_{n}_raw_s", median(raw))
+        self.record(f"ls_{n}_api_calls", self.count_api_calls("ls", "--json"))
+
+    def count_api_calls(self, *args: str) -> int | None:
+        """Engine HTTP requests made by one CLI run, counted by a proxy in front of the socket."""
+        if not os.path.exists(ENGINE_SOCK) or os.environ.get("DOCKER_HOST"):
+            return None
+        proxy = CountingProxy(str(self.tmp / "count.sock"), ENGINE_SOCK)
+        try:
+            self.cli(*args, env={**self.env, "DOCKER_HOST": f"unix://{proxy.path}"})
+            time.sleep(0.05)
+            return proxy.count
+        finally:
+            proxy.close()
+
+    def send_logs(self) -> None:
+        print("send then logs vs docker exec tmux send-keys + capture-pane", flush=True)
+        name, raw_name = self.agents[0], self.raw_names[0]
+        sb, raw = [], []
+        for i in range(self.reps):
+            t = time.perf_counter()
+            self.cli("send", name, f"echo sb-{i}")
+            _, proc = self.cli("logs", name)
+            sb.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            self.run(["docker", "exec", raw_name, "tmux", "send-keys", "-t", "raw", "-l", f"echo raw-{i}", ";",
+                      "send-keys", "-t", "raw", "Enter"])
+            self.run(["docker", "exec", raw_name, "tmux", "capture-pane", "-p", "-J", "-S", "-", "-t", "raw"])
+            raw.append(time.perf_counter() - t)
+        self.record("send_logs_s", median(sb))
+        self.record("send_logs_raw_s", median(raw))
+
+    def memory(self) -> None:
+        print("memory per idle agent: container total less the agent's own processes", flush=True)
+        time.sleep(1.0)  # let start-up transients settle
+        sb = [self.overhead(f"sandbox-{n}", n) for n in self.agents[: self.reps]]
+        raw = [self.overhead(n, "raw") for n in self.raw_names]
+        self.record("mem_overhead_mib", median([x["overhead"] for x in sb]))
+        self.record("mem_overhead_raw_mib", median([x["overhead"] for x in raw]))
+        self.record("mem_breakdown", sb[0])
+        self.record("mem_breakdown_raw", raw[0])
+
+    def overhead(self, container: str, session: str) -> dict[str, Any]:
+        stats = self.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container])[1].stdout
+        total = parse_mib(stats.split("/")[0])
+        pane = self.run(["docker", "exec", container, "tmux", "display-message", "-p", "-t", f"={session}:",
+                         "#{pane_pid}"])[1].stdout.strip()
+        ps = self.run(["docker", "exec", container, "ps", "-eo", "pid=,ppid=,rss=,args="])[1].stdout
+        procs = []
+        for line in ps.splitlines():
+            pid, ppid, rss, args = line.split(None, 3)
+            procs.append((int(pid), int(ppid), int(rss) / 1024, args))
+        agent = {int(pane)}
+        for _ in range(5):
+            agent |= {p for p, pp, _, _ in procs if pp in agent}
+        agent_mib = sum(r for p, _, r, a in procs if p in agent and not a.startswith("ps "))
+        others = {a[:40]: round(r, 1) for p, _, r, a in procs if p not in agent and not a.startswith("ps ")}
+        return {"total": round(total, 1), "agent": round(agent_mib, 1), "overhead": round(total - agent_mib, 1),
+                "processes_rss_mib": others}
+
+    def kill_until_ready(self) -> None:
+        print("agent killed until ready again", flush=True)
+        name = self.agents[-1]
+        state_file = self.tmp / "data" / "sandbox" / "state" / name / "state.json"
+        times = []
+        for _ in range(self.reps):
+            pane = self.run(["docker", "exec", f"sandbox-{name}", "tmux", "display-message", "-p", "-t",
+                             f"={name}:", "#{pane_pid}"], check=False)[1].stdout.strip()
+            if not pane:
+                break
+            t0, wall = time.perf_counter(), time.time()
+            self.run(["docker", "exec", f"sandbox-{name}", "kill", "-KILL", pane], check=False)
+            deadline = t0 + 10
+            ok = False
+            while time.perf_counter() < deadline:
+                try:
+                    st = json.loads(state_file.read_text())
+                except (OSError, ValueError):
+                    st = {}
+                if st.get("state") in ("ready", "idle") and float(st.get("ts", 0)) > wall:
+                    ok = True
+                    break
+                time.sleep(0.01)
+            if not ok:
+                self.notes.append("agent killed until ready: no restart within 10 s (restarts not implemented yet)")
+                break
+            times.append(time.perf_counter() - t0)
+        self.record("kill_ready_s", median(times))
+        # that agent may be dead now: replace it so counts stay right
+        self.cli("rm", "--force", name, check=False)
+        self.agents.remove(name)
+
+    def parallel(self) -> None:
+        rounds = self.reps
+        print(f"10 spawns in parallel, x{rounds}", flush=True)
+        sb, raw = [], []
+        for _ in range(rounds):
+            names = [self.next_name() for _ in range(10)]
+            t = time.perf_counter()
+            with ThreadPoolExecutor(10) as pool:
+                list(pool.map(self.spawn, names))
+            sb.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            with ThreadPoolExecutor(10) as pool:
+                names = [n for _, n in pool.map(lambda _i: self.raw_spawn(), range(10))]
+            raw.append(time.perf_counter() - t)
+            self.raw_rm(names)
+            if len(self.agents) == 50:
+                self.ls(50)
+        self.record("spawn10_parallel_s", median(sb))
+        self.record("spawn10_parallel_raw_s", median(raw))
+
+    # -- the run ----------------------------------------------------------------------------------
+    def main(self) -> None:
+        self.setup()
+        self.startup()
+        self.claude_spawn()
+        self.single_spawns()              # reps agents
+        self.fill(5)
+        self.ls(5)
+        self.send_logs()
+        self.memory()
+        self.raw_rm(self.raw_names)
+        self.kill_until_ready()
+        self.fill(10)
+        self.ls(10)
+        self.parallel()                    # + 10 x reps agents; ls at 50 when it passes 50
+        if "ls_50_s" not in self.results and len(self.agents) < 50:
+            self.fill_parallel(50)
+            self.ls(50)
+        if self.quick or self.max_agents <= 50:
+            return
+        per_agent = (self.results.get("mem_breakdown") or {}).get("total", 20.0)
+        need = (self.max_agents - len(self.agents)) * per_agent * 2 / 1024 + 2
+        avail = mem_available_gib()
+        if avail < need:
+            self.notes.append(f"100 agents skipped: {avail:.1f} GiB available, {need:.1f} GiB wanted")
+            return
+        seq: list[float] = []
+        self.fill(self.max_agents, seq)
+        self.record("spawn_at_100_p50_s", median(seq))
+        self.record("spawn_at_100_p95_s", pct(seq, 95))
+        self.ls(self.max_agents)
+
+
+class CountingProxy:
+    """A unix-socket proxy in front of the engine that counts HTTP requests."""
+
+    REQUEST = re.compile(rb"(?:^|\r\n)(GET|POST|PUT|DELETE|HEAD) /\S* HTTP/1\.[01]\r\n")
+
+    def __init__(self, path: str, target: str) -> None:
+        self.path, self.target, self.count = path, target, 0
+        self.lock = threading.Lock()
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.srv.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(self.target)
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if count:
+                    with self.lock:
+                        self.count += len(self.REQUEST.findall(data))
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.srv.close()
+        os.unlink(self.path)
+
+
+def parse_mib(text: str) -> float:
+    m = re.match(r"\s*([\d.]+)\s*([KMG]i?B|B)", text)
+    if not m:
+        return float("nan")
+    n, unit = float(m.group(1)), m.group(2)
+    return n * {"B": 1 / 2**20, "KiB": 1 / 1024, "KB": 1 / 1024, "MiB": 1, "MB": 1, "GiB": 1024, "GB": 1024}[unit]
+
+
+def mem_available_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 2**20
+    return 0.0
+
+
+def machine() -> dict[str, Any]:
+    docker = subprocess.run(["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"],
+                            capture_output=True, text=True).stdout.strip()
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
+    return {"nproc": os.cpu_count(), "memory_gib": round(mem, 1), "docker": docker,
+            "python": platform.python_version(), "kernel": platform.release()}
+
+
+def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(metric, sandbox, raw baseline, ratio, target, verdict) rows."""
+
+    def ms(x: Any) -> str:
+        return "—" if x is None else f"{x * 1000:.0f} ms"
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows = []
+
+    def row(metric: str, v: Any, base: Any, target: str, ok: bool | None, fmt: Callable[[Any], str] = ms) -> None:
+        rt = ratio(v, base)
+        verdict = "—" if ok is None else ("ok" if ok else "MISS")
+        rows.append((metric, fmt(v), fmt(base) if base is not None else "—",
+                     f"{rt:.2f}×" if rt is not None else "—", target, verdict))
+
+    def le(v: Any, lim: float) -> bool | None:
+        return None if v is None else v <= lim
+
+    for n in (5, 10, 50, 100):
+        v, b = r.get(f"ls_{n}_s"), r.get(f"ls_{n}_raw_s")
+        if v is None:
+            continue
+        calls = r.get(f"ls_{n}_api_calls")
+        target = "≤ 100 ms" + (", ≤ 6× at 50" if n == 50 else "")
+        ok = le(v, 0.1)
+        if n == 50 and ok is not None and b:
+            ok = ok and v / b <= 6
+        row(f"`sandbox ls --json`, {n} agents ({calls} engine calls)", v, b, target, ok)
+    rt = ratio(r.get("spawn_s"), r.get("spawn_raw_s"))
+    row("spawn until ready, shell agent", r.get("spawn_s"), r.get("spawn_raw_s"), "≤ 1.3×", le(rt, 1.3))
+    rt = ratio(r.get("spawn10_parallel_s"), r.get("spawn10_parallel_raw_s"))
+    row("10 spawns in parallel (wall)", r.get("spawn10_parallel_s"), r.get("spawn10_parallel_raw_s"), "≤ 1.3×",
+        le(rt, 1.3))
+    rt = ratio(r.get("send_logs_s"), r.get("send_logs_raw_s"))
+    row("`send` then `logs`", r.get("send_logs_s"), r.get("send_logs_raw_s"), "≤ 1.5×", le(rt, 1.5))
+    mib = lambda x: "—" if x is None else f"{x:.1f} MiB"  # noqa: E731
+    row("memory per idle agent, less the agent process", r.get("mem_overhead_mib"), r.get("mem_overhead_raw_mib"),
+        "≤ 10 MiB", le(r.get("mem_overhead_mib"), 10), mib)
+    row("agent killed until ready again", r.get("kill_ready_s"), None, "≤ 1 s", le(r.get("kill_ready_s"), 1.0))
+    for k, label in (("version_s", "`sandbox --version`"), ("help_s", "`sandbox --help`")):
+        rt = ratio(r.get(k), r.get("python_c_pass_s"))
+        row(f"{label} (vs `python -c pass`)", r.get(k), r.get("python_c_pass_s"), "≤ 6×", le(rt, 6))
+    if r.get("spawn_at_100_p95_s") is not None:
+        row("spawn p50 while going to 100 agents", r.get("spawn_at_100_p50_s"), r.get("spawn_s"), "—", None)
+        p95 = r.get("spawn_at_100_p95_s")
+        row("spawn p95 while going to 100 agents", p95, r.get("spawn_s"), "≤ 2× single spawn",
+            le(ratio(p95, r.get("spawn_s")), 2))
+    row("spawn until ready, Claude Code + scripted model", r.get("claude_spawn_s"), None, "(none)", None)
+    return rows
+
+
+def render(rows: list[tuple[str, ...]]) -> str:
+    head = ("metric", "sandbox (median)", "raw baseline", "ratio", "target", "")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, at most 50 agents (~3 min)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json", help="JSON output")
+    ap.add_argument("--max-agents", type=int, default=100, help="agents for the scale step (default 100)")
+    args = ap.parse_args()
+    bench = Bench(args.quick, args.max_agents)
+    started = time.perf_counter()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    error = None
+    try:
+        bench.main()
+    except BaseException as e:  # report what was measured, then clean up
+        error = f"{type(e).__name__}: {e}"
+        print(f"bench stopped: {error}", file=sys.stderr)
+    finally:
+        bench.cleanup()
+    out = {"machine": machine(), "quick": args.quick, "run_id": bench.run_id,
+           "seconds": round(time.perf_counter() - started, 1), "results": bench.results, "notes": bench.notes,
+           "error": error}
+    rows = table(bench.results)
+    out["table"] = [dict(zip(("metric", "sandbox", "raw", "ratio", "target", "verdict"), r)) for r in rows]
+    m = out["machine"]
+    print(f"\nmachine: {m['nproc']} cores, {m['memory_gib']} GiB, docker {m['docker']}, python {m['python']}; "
+          f"{out['seconds']} s{' (quick)' if args.quick else ''}\n")
+    print(render(rows))
+    for note in bench.notes:
+        print(f"note: {note}")
+    for key in ("mem_breakdown", "mem_breakdown_raw"):
+        if key in bench.results:
+            print(f"{key}: {json.dumps(bench.results[key])}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=2))
+    print(f"\nJSON: {args.json}")
+    return 1 if error else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""The command's entry point: hot, read-only commands answered without typer or pydantic.
+
+``sandbox --version`` and ``sandbox ls --json`` (what scripts and status bars poll) are answered
+here — importing typer, pydantic-settings and docker-py costs ~150 ms, more than the work. They
+give exactly what ``sandbox.cli`` gives; anything else (other flags, a user config file that could
+set ``run_id``, ``SANDBOX_NO_FAST=1``) goes to the full CLI in ``sandbox.cli.main``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class _ListSettings:
+    """What ``SandboxManager.list`` reads from the settings (the full ``Settings`` is pydantic)."""
+
+    run_id: str | None
+
+
+def ls_json_options(argv: list[str]) -> tuple[Path | None, bool] | None:
+    """(repo, all) when argv is ``ls --json [--all|-a] [--repo PATH]``, else None (full CLI)."""
+    if not argv or argv[0] != "ls" or "--json" not in argv:
+        return None
+    repo: Path | None = None
+    all_repos = False
+    rest = argv[1:]
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--json":
+            pass
+        elif arg in ("--all", "-a"):
+            all_repos = True
+        elif arg == "--repo" and i + 1 < len(rest) and not rest[i + 1].startswith("-"):
+            i += 1
+            repo = Path(rest[i])
+        elif arg.startswith("--repo=") and len(arg) > len("--repo="):
+            repo = Path(arg[len("--repo="):])
+        else:
+            return None
+        i += 1
+    return repo, all_repos
+
+
+def _run_id() -> str | None | bool:
+    """SANDBOX_RUN_ID as the settings would read it, or False when only the full CLI can tell."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    if (Path(xdg) if xdg else Path.home() / ".config").joinpath("sandbox", "config.toml").exists():
+        return False
+    values = [v for k, v in os.environ.items() if k.upper() == "SANDBOX_RUN_ID"]
+    if len(values) > 1:
+        return False
+    return values[0] if values else None
+
+
+def _ls_json(repo: Path | None, all_repos: bool, run_id: str | None) -> bool:
+    """The same as ``sandbox.cli.ls(--json)``; False when it cannot answer here."""
+    from sandbox import gitops
+    from sandbox.errors import SandboxError
+    from sandbox.manager import SandboxManager
+
+    scope: Path | None = None
+    if not all_repos:
+        try:
+            scope = gitops.find_repo(repo or Path.cwd()).top
+        except SandboxError:
+            if repo is not None:
+                raise
+    try:
+        found = SandboxManager(_ListSettings(run_id)).list(repo=scope)  # type: ignore[arg-type]
+    except AttributeError:  # list() now reads more settings than this knows: let the full CLI answer
+        return False
+    sys.stdout.write(json.dumps([s.to_json() for s in found], indent=2) + "\n")
+    return True
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if not os.environ.get("SANDBOX_NO_FAST"):
+        if argv == ["--version"]:
+            from sandbox import __version__
+
+            sys.stdout.write(f"sandbox {__version__}\n")
+            sys.exit(0)
+        opts = ls_json_options(argv)
+        run_id = _run_id() if opts is not None else False
+        if opts is not None and run_id is not False:
+            from sandbox.errors import SandboxError
+
+            try:
+                if _ls_json(*opts, run_id=run_id or None):
+                    sys.exit(0)
+            except SandboxError as e:
+                if os.environ.get("SANDBOX_DEBUG"):
+                    raise
+                sys.stderr.write(f"sandbox: error: {e}\n")
+                sys.exit(e.exit_code)
+    from sandbox.cli import main as full
+
+    full()

@@ -279,21 +279,39 @@ def commit_uncommitted(work: Work) -> str | None:
         return None
     work.in_worktree("add", "--all", "--", ".")
     work.in_worktree("commit", "-q", "--no-verify", "-m", f"sandbox: uncommitted work of {work.name}")
-    if os.getuid() == 0 and work.uid:  # give the agent back what root just wrote
+    if os.getuid() == 0 and work.uid:  # give the agent back the files root's commit (re)created
         gitdir = gitops.worktree_gitdir(work.worktree)
-        for p in [gitdir, work.repo.common_dir / "refs/heads" / work.branch,
-                  work.repo.common_dir / "logs/refs/heads" / work.branch]:
-            _chown_tree(p, work.uid)
+        _give_back(gitdir, ["index", "HEAD", "ORIG_HEAD", "COMMIT_EDITMSG", "logs/HEAD"], work.uid)
+        common = work.repo.common_dir
+        _give_back(common / "refs/heads/sandbox", [work.branch.removeprefix(BRANCH_PREFIX)], work.uid)
+        _give_back(common / "logs/refs/heads/sandbox", [work.branch.removeprefix(BRANCH_PREFIX)], work.uid)
     return worktree_head(work)
 
 
-def _chown_tree(path: Path, uid: int) -> None:
-    if not path.exists() or path.is_symlink():
+def _give_back(directory: Path, names: list[str], uid: int) -> None:
+    """chown exactly these files to ``uid``, never following a symlink the agent may have planted
+    (every path component is opened with O_NOFOLLOW, the file itself is lchown'ed)."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+    try:
+        top = os.open(directory, flags)
+    except OSError:
         return
-    os.lchown(path, uid, -1)
-    for root, dirs, files in os.walk(path):
-        for n in dirs + files:
-            os.lchown(os.path.join(root, n), uid, -1)
+    try:
+        for name in names:
+            *dirs, leaf = name.split("/")
+            fd = os.dup(top)
+            try:
+                for d in dirs:
+                    nxt = os.open(d, flags, dir_fd=fd)
+                    os.close(fd)
+                    fd = nxt
+                os.chown(leaf, uid, -1, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    finally:
+        os.close(top)
 
 
 @contextmanager

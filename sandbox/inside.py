@@ -5,6 +5,11 @@
                                       running the agent, keep the state file, wait.
 ``python3 -m sandbox.inside hook EV`` Claude Code hook: turn an event into a state.
 ``python3 -m sandbox.inside health``  HEALTHCHECK: exit 0 while the session and agent live.
+``python3 -m sandbox.inside run N -- ARGV``  the pane's process: runs the agent, records its exit.
+
+The init loop is the supervisor: it restarts a failing agent in the same pane with backoff and
+jitter (a circuit breaker after ``retries``), enforces ``max_time``/``idle_timeout``, and computes
+a fallback state for agents without hooks (pane activity, prompt patterns). See README "States".
 
 Inputs, copied in by the host before start: ``/var/lib/sandbox/launch.json`` (argv, task,
 workdir, session, …) and ``/var/lib/sandbox/secrets.json`` (API keys, mode 0400). Output: the
@@ -98,7 +103,7 @@ def _setup_home(launch: dict[str, Any], api_key: str | None) -> None:
     )
     (home / ".gitconfig").write_text(gitconfig)
     Path(TMUX_CONF).write_text(
-        "set -g remain-on-exit on\nset -g history-limit 50000\nset -g default-terminal tmux-256color\n"
+        "set -g remain-on-exit on\nset -g scroll-on-clear on\nset -g history-limit 50000\nset -g default-terminal tmux-256color\n"
         "set -g status-right ' sandbox:#{session_name} '\n"
     )
     if not launch.get("claude"):
@@ -156,26 +161,68 @@ TERMINAL = ("exited", "failed", "stopped")
 
 
 def _pane(session: str) -> dict[str, Any] | None:
-    """The agent pane: dead, exit status, pid, last activity (epoch s); None without a session."""
+    """The agent pane: dead, exit code (None while unknown), pid, last activity (epoch s);
+    None without a session. A process killed by signal N counts as exit 128+N, as in a shell."""
     res = tmux("list-panes", "-t", f"={session}:", "-F",
-               "#{pane_dead} #{pane_dead_status} #{pane_pid} #{window_activity}", check=False)
-    if res.returncode != 0:
-        return None
-    parts = (res.stdout.split("\n") or [""])[0].split()
-    if len(parts) == 3:  # pane_dead_status is empty while the pane lives
-        parts.insert(1, "")
-    if len(parts) < 4:
+               "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}|#{pane_pid}|#{window_activity}", check=False)
+    parts = (res.stdout.split("\n") or [""])[0].split("|")
+    if res.returncode != 0 or len(parts) != 5:
         return None
     dead = parts[0] == "1"
-    code = int(parts[1]) if dead and parts[1].lstrip("-").isdigit() else (-1 if dead else None)
-    return {"dead": dead, "code": code, "pid": int(parts[2]) if parts[2].isdigit() else 0,
-            "activity": float(parts[3]) if parts[3].isdigit() else time.time()}
+    code: int | None = None
+    if dead and parts[1].lstrip("-").isdigit():
+        code = int(parts[1])
+    elif dead and parts[2].isdigit():
+        code = 128 + int(parts[2])
+    return {"dead": dead, "code": code, "pid": int(parts[3]) if parts[3].isdigit() else 0,
+            "activity": float(parts[4]) if parts[4].isdigit() else time.time()}
 
 
 def _pane_status(session: str) -> tuple[bool, int | None]:
     """(session alive, exit status if the agent's process has exited)."""
     pane = _pane(session)
-    return (False, None) if pane is None else (True, pane["code"])
+    if pane is None:
+        return False, None
+    return True, (pane["code"] if pane["code"] is not None else -1) if pane["dead"] else None
+
+
+EXIT_FILE = Path("/tmp/sandbox-agent-exit")
+
+
+def run_agent(attempt: str, argv: list[str]) -> int:
+    """The pane's process: run the agent as a child and record its exit code for the supervisor
+    (tmux does not always collect a respawned pane's status). Ctrl-C reaches the agent only."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as err:
+            print(f"{argv[0]}: {err}", file=sys.stderr)
+        os._exit(127)
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+        signal.signal(sig, signal.SIG_IGN)
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as a shell says
+    tmp = EXIT_FILE.with_name(f".exit.{os.getpid()}")
+    tmp.write_text(f"{attempt} {code}")
+    os.replace(tmp, EXIT_FILE)
+    return code
+
+
+def _exit_code(attempt: int, pane: dict[str, Any] | None) -> int:
+    try:
+        got, code = EXIT_FILE.read_text().split()
+        if int(got) == attempt:
+            return int(code)
+    except (OSError, ValueError):
+        pass
+    return -1 if pane is None or pane["code"] is None else int(pane["code"])
 
 
 def backoff(failures: int, base: float, cap: float = 30.0) -> float:
@@ -237,11 +284,12 @@ class Supervisor:
                     reason=None if self.attempt == 1 else f"restarted (attempt {self.attempt})",
                     prompts=0, activity=self.attempt_t0, started=self.attempt_t0)
         target = f"={self.session}:"
+        argv = [sys.executable, "-m", "sandbox.inside", "run", str(self.attempt), "--", *self.argv]
         if tmux("has-session", "-t", f"={self.session}", check=False).returncode == 0:
-            tmux("respawn-pane", "-k", "-t", target, "-c", self.launch["workdir"], "--", *self.argv)
+            tmux("respawn-pane", "-k", "-t", target, "-c", self.launch["workdir"], "--", *argv)
         else:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
-                 "-c", self.launch["workdir"], "--", *self.argv)
+                 "-c", self.launch["workdir"], "--", *argv)
         if self.launch.get("delivery") == "type" and self.launch.get("task"):
             task = self.launch["task"]  # a trailing ";" would be a tmux separator (see sandbox.tmux.literal)
             tmux("set-buffer", "-b", "sandbox-task", "--", task[:-1] + "\\;" if task.endswith(";") else task)
@@ -292,7 +340,7 @@ class Supervisor:
                 continue
             pane = _pane(self.session)
             if pane is None or pane["dead"]:
-                restart_at = self.on_exit(-1 if pane is None else int(pane["code"]))
+                restart_at = self.on_exit(_exit_code(self.attempt, pane))
                 if restart_at is None:
                     return self.idle_forever()
                 restart_at += now
@@ -442,7 +490,7 @@ def health() -> int:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python3 -m sandbox.inside init|hook EVENT|health", file=sys.stderr)
+        print("usage: python3 -m sandbox.inside init|hook EVENT|health|run ATTEMPT -- ARGV", file=sys.stderr)
         return 2
     if argv[0] == "init":
         return init()
@@ -450,6 +498,8 @@ def main(argv: list[str]) -> int:
         return hook(argv[1] if len(argv) > 1 else "")
     if argv[0] == "health":
         return health()
+    if argv[0] == "run" and len(argv) > 3 and argv[2] == "--":
+        return run_agent(argv[1], argv[3:])
     print(f"unknown command {argv[0]!r}", file=sys.stderr)
     return 2
 

@@ -350,9 +350,11 @@ class Merged:
     left_uncommitted: bool = False
 
 
-def _conflict_files(cwd: Path) -> str:
+def _conflict_files(cwd: Path, proc: subprocess.CompletedProcess[str]) -> str:
+    """The conflicted files, or git's own reason (e.g. untracked files would be overwritten)."""
     names = gitops.git(cwd, "diff", "--name-only", "--diff-filter=U", check=False).stdout.split()
-    return ", ".join(names[:5]) or "conflict"
+    reason = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    return ", ".join(names[:5]) or (reason[0] if reason else "conflict")
 
 
 def merge(sb: Sandbox, *, mode: str = "merge", into: str | None = None, include_uncommitted: bool = False) -> Merged:
@@ -383,13 +385,13 @@ def merge(sb: Sandbox, *, mode: str = "merge", into: str | None = None, include_
         if mode == "merge":
             proc = gitops.git(cwd, "merge", "--no-edit", "-m", f"Merge {work.branch}: {subject}", tip, check=False)
             if proc.returncode != 0:
-                files = _conflict_files(cwd)
+                files = _conflict_files(cwd, proc)
                 gitops.git(cwd, "merge", "--abort", check=False)
                 raise Conflict(f"merging {work.branch} into {target} conflicts ({files})", hint="nothing was changed")
         elif mode == "squash":
             proc = gitops.git(cwd, "merge", "--squash", tip, check=False)
             if proc.returncode != 0:
-                files = _conflict_files(cwd)
+                files = _conflict_files(cwd, proc)
                 gitops.git(cwd, "reset", "-q", "--hard", "HEAD")
                 raise Conflict(f"squashing {work.branch} into {target} conflicts ({files})", hint="nothing was changed")
             if gitops.git(cwd, "diff", "--cached", "--quiet", check=False).returncode != 0:
@@ -400,7 +402,7 @@ def merge(sb: Sandbox, *, mode: str = "merge", into: str | None = None, include_
         with _scratch(repo, tip) as wt:
             proc = gitops.git(wt, "rebase", "--no-autosquash", before, check=False)
             if proc.returncode != 0:
-                files = _conflict_files(wt)
+                files = _conflict_files(wt, proc)
                 gitops.git(wt, "rebase", "--abort", check=False)
                 raise Conflict(f"rebasing {work.branch} onto {target} conflicts ({files})", hint="nothing was changed")
             new = gitops.git(wt, "rev-parse", "HEAD").stdout.strip()

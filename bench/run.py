@@ -259,8 +259,31 @@ class Bench:
         raw = [self.overhead(n, "raw") for n in self.raw_names]
         self.record("mem_overhead_mib", median([x["overhead"] for x in sb]))
         self.record("mem_overhead_raw_mib", median([x["overhead"] for x in raw]))
+        self.record("idle_cpu_pct", median([self.cpu(f"sandbox-{n}") for n in self.agents[: self.reps]]))
+        self.record("idle_cpu_raw_pct", median([self.cpu(n) for n in self.raw_names]))
         self.record("mem_breakdown", sb[0])
         self.record("mem_breakdown_raw", raw[0])
+
+    def cpu(self, container: str, window: float = 3.0) -> float:
+        """CPU used by an idle container over ``window`` seconds, in % of one core (cgroup counters)."""
+        cid = self.run(["docker", "inspect", "-f", "{{.Id}}", container])[1].stdout.strip()
+        paths = [Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),
+                 Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat"),
+                 Path(f"/sys/fs/cgroup/cpu,cpuacct/docker/{cid}/cpuacct.usage"),
+                 Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")]
+
+        def usage() -> float:
+            for p in paths:
+                if p.exists():
+                    text = p.read_text()
+                    if p.name == "cpu.stat":
+                        return int(text.split("usage_usec", 1)[1].split()[0]) / 1e6
+                    return int(text) / 1e9
+            return float("nan")
+
+        u0, t0 = usage(), time.perf_counter()
+        time.sleep(window)
+        return round(100 * (usage() - u0) / (time.perf_counter() - t0), 2)
 
     def overhead(self, container: str, session: str) -> dict[str, Any]:
         stats = self.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container])[1].stdout
@@ -275,8 +298,10 @@ class Bench:
         agent = {int(pane)}
         for _ in range(5):
             agent |= {p for p, pp, _, _ in procs if pp in agent}
-        agent_mib = sum(r for p, _, r, a in procs if p in agent and not a.startswith("ps "))
-        others = {a[:40]: round(r, 1) for p, _, r, a in procs if p not in agent and not a.startswith("ps ")}
+        # the agent itself: the `bash` processes of the pane (not a wrapper or `sh -c` sandbox puts around it)
+        agent = {p for p, _, _, a in procs if p in agent and a.split()[0].rsplit("/", 1)[-1] == "bash"}
+        agent_mib = sum(r for p, _, r, a in procs if p in agent)
+        others = {f"{p} {a[:40]}": round(r, 1) for p, _, r, a in procs if p not in agent and not a.startswith("ps ")}
         return {"total": round(total, 1), "agent": round(agent_mib, 1), "overhead": round(total - agent_mib, 1),
                 "processes_rss_mib": others}
 
@@ -359,9 +384,13 @@ class Bench:
             self.notes.append(f"100 agents skipped: {avail:.1f} GiB available, {need:.1f} GiB wanted")
             return
         seq: list[float] = []
-        self.fill(self.max_agents, seq)
-        self.record("spawn_at_100_p50_s", median(seq))
-        self.record("spawn_at_100_p95_s", pct(seq, 95))
+        try:
+            self.fill(self.max_agents, seq)
+        finally:  # keep what was measured even when stopped half-way
+            self.record("spawn_at_100_n", len(seq))
+            self.record("spawn_at_100_p50_s", median(seq))
+            self.record("spawn_at_100_p95_s", pct(seq, 95))
+            self.record("load_average", os.getloadavg())
         self.ls(self.max_agents)
 
 
@@ -473,6 +502,8 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     mib = lambda x: "—" if x is None else f"{x:.1f} MiB"  # noqa: E731
     row("memory per idle agent, less the agent process", r.get("mem_overhead_mib"), r.get("mem_overhead_raw_mib"),
         "≤ 10 MiB", le(r.get("mem_overhead_mib"), 10), mib)
+    row("idle CPU per agent (% of one core; healthcheck + polling)", r.get("idle_cpu_pct"),
+        r.get("idle_cpu_raw_pct"), "(none)", None, lambda x: "—" if x is None else f"{x:.2f} %")
     row("agent killed until ready again", r.get("kill_ready_s"), None, "≤ 1 s", le(r.get("kill_ready_s"), 1.0))
     for k, label in (("version_s", "`sandbox --version`"), ("help_s", "`sandbox --help`")):
         rt = ratio(r.get(k), r.get("python_c_pass_s"))

@@ -68,33 +68,58 @@ def _local_socket(base_url: str | None) -> str | None:
     return base_url[len("unix://"):] if base_url.startswith("unix://") else None
 
 
-def _get_json(sock_path: str, path: str, what: str, timeout: float) -> Any:
-    """One GET on the engine's unix socket, without docker-py/requests (importing them costs ~100 ms
-    per command): HTTP/1.0, so the engine answers unchunked and closes; errors translated here."""
+def _request(sock_path: str, method: str, path: str, what: str, timeout: float,
+             body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    """One request on the engine's unix socket, without docker-py/requests (importing them costs
+    ~100 ms per command): HTTP/1.0, so the engine answers unchunked and closes the connection."""
+    data = json.dumps(body).encode() if body is not None else b""
+    head = f"{method} {path} HTTP/1.0\r\nHost: docker\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
             conn.connect(sock_path)
-            conn.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+            conn.sendall(head.encode() + b"\r\n" + data)
             chunks = []
-            while data := conn.recv(65536):
-                chunks.append(data)
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
     except OSError as e:
         raise EngineUnavailable(f"{what}: cannot reach the Docker engine ({type(e).__name__}: {e})") from e
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
     try:
-        status = int(head.split(b" ", 2)[1])
-        payload = json.loads(body) if body else None
+        status = int(status_head.split(b" ", 2)[1])
     except (IndexError, ValueError) as e:
-        raise EngineError(f"{what}: unreadable answer from the engine: {head[:80]!r}") from e
+        raise EngineError(f"{what}: unreadable answer from the engine: {status_head[:80]!r}") from e
     if status >= 400:
-        message = str((payload or {}).get("message", "") if isinstance(payload, dict) else payload).strip()
+        try:
+            message = str(json.loads(payload).get("message", "")).strip()
+        except (ValueError, AttributeError):
+            message = payload.decode("utf-8", "replace").strip()
         if status == 404:
             raise NotFound(f"{what}: {message}")
         if status == 409:
             raise Conflict(f"{what}: {message}")
         raise EngineError(f"{what}: {message}", status=status)
-    return payload
+    return status, payload
+
+
+def _get_json(sock_path: str, path: str, what: str, timeout: float) -> Any:
+    _, payload = _request(sock_path, "GET", path, what, timeout)
+    try:
+        return json.loads(payload)
+    except ValueError as e:
+        raise EngineError(f"{what}: unreadable answer from the engine") from e
+
+
+def _demux(stream: bytes) -> tuple[bytes, bytes]:
+    """Split the engine's multiplexed exec stream (8-byte frame headers) into stdout and stderr."""
+    out, err, i = bytearray(), bytearray(), 0
+    while i + 8 <= len(stream):
+        kind, size = stream[i], int.from_bytes(stream[i + 4:i + 8], "big")
+        (err if kind == 2 else out).extend(stream[i + 8:i + 8 + size])
+        i += 8 + size
+    return bytes(out), bytes(err)
 
 
 def _explain(e: Any) -> str:
@@ -247,6 +272,18 @@ class Engine:
 
     def exec(self, ref: str, argv: list[str], *, user: str | None = None, workdir: str | None = None) -> ExecResult:
         """Run argv (never a shell string) in a running container and collect its output."""
+        if self._sock is not None and self._api is None:  # three plain requests, no docker-py
+            what, sock = f"exec in {ref}", self._sock
+            spec: dict[str, Any] = {"AttachStdout": True, "AttachStderr": True, "Cmd": argv, "User": user or ""}
+            if workdir:
+                spec["WorkingDir"] = workdir
+            _, made = _request(sock, "POST", f"/containers/{urllib.parse.quote(ref)}/exec", what, self._timeout, spec)
+            exec_id = str(json.loads(made)["Id"])
+            _, stream = _request(sock, "POST", f"/exec/{exec_id}/start", what, self._timeout,
+                                 {"Detach": False, "Tty": False})
+            code = _get_json(sock, f"/exec/{exec_id}/json", what, self._timeout).get("ExitCode")
+            out, err = _demux(stream)
+            return ExecResult(int(code if code is not None else -1), out, err)
         with translate(f"exec in {ref}"):
             ex = self.api.exec_create(ref, argv, stdout=True, stderr=True, user=user or "", workdir=workdir)
             out, err = self.api.exec_start(ex["Id"], demux=True)

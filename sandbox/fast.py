@@ -1,6 +1,7 @@
-"""The command's entry point: hot, read-only commands answered without typer or pydantic.
+"""The command's entry point: hot commands answered without typer, pydantic or docker-py.
 
-``sandbox --version`` and ``sandbox ls --json`` (what scripts and status bars poll) are answered
+``sandbox --version``, ``ls --json`` (what scripts and status bars poll), ``logs NAME [-n N]`` and
+``send NAME TEXT [--no-enter]`` (what an orchestrator calls in a loop) are answered
 here — importing typer, pydantic-settings and docker-py costs ~150 ms, more than the work. They
 give exactly what ``sandbox.cli`` gives; anything else (other flags, a user config file that could
 set ``run_id``, ``SANDBOX_NO_FAST=1``) goes to the full CLI in ``sandbox.cli.main``.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,28 @@ def ls_json_options(argv: list[str]) -> tuple[Path | None, bool] | None:
     return repo, all_repos
 
 
+def logs_options(argv: list[str]) -> tuple[str, int | None] | None:
+    """(name, lines) when argv is ``logs NAME [-n N|--lines N]``, else None (full CLI)."""
+    if len(argv) == 2:
+        argv = [*argv, "", ""]
+    if len(argv) == 4 and argv[0] == "logs" and argv[2] in ("-n", "--lines", "") and not argv[1].startswith("-"):
+        if argv[2] == "":
+            return argv[1], None
+        if argv[3].isdigit():
+            return argv[1], int(argv[3])
+    return None
+
+
+def send_options(argv: list[str]) -> tuple[str, str, bool] | None:
+    """(name, text, enter) when argv is ``send NAME TEXT [--no-enter]``, else None (full CLI)."""
+    enter = "--no-enter" not in argv
+    rest = [a for a in argv if a != "--no-enter"]
+    if len(rest) == 3 and rest[0] == "send" and not rest[1].startswith("-") \
+            and (rest[2] == "-" or not rest[2].startswith("-")) and len(argv) - len(rest) <= 1:
+        return rest[1], rest[2], enter
+    return None
+
+
 def _run_id() -> str | None | bool:
     """SANDBOX_RUN_ID as the settings would read it, or False when only the full CLI can tell."""
     xdg = os.environ.get("XDG_CONFIG_HOME")
@@ -79,6 +103,32 @@ def _ls_json(repo: Path | None, all_repos: bool, run_id: str | None) -> bool:
     return True
 
 
+def _logs(name: str, lines: int | None, run_id: str | None) -> bool:
+    from sandbox.manager import SandboxManager
+
+    try:
+        text = SandboxManager(_ListSettings(run_id)).logs(name, lines)  # type: ignore[arg-type]
+    except AttributeError:  # reads more settings than this knows (read-only so far): full CLI
+        return False
+    sys.stdout.write(text)
+    return True
+
+
+def _send(name: str, text: str, enter: bool, run_id: str | None) -> bool:
+    from sandbox.manager import SandboxManager
+
+    mgr = SandboxManager(_ListSettings(run_id))  # type: ignore[arg-type]
+    try:
+        if mgr.get(name).state == "starting":  # waiting for readiness needs the full settings
+            return False
+    except AttributeError:
+        return False
+    if text == "-":
+        text = sys.stdin.read()
+    mgr.send(name, text, enter=enter)  # typed from here on: never falls back (no double typing)
+    return True
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if not os.environ.get("SANDBOX_NO_FAST"):
@@ -87,13 +137,19 @@ def main() -> None:
 
             sys.stdout.write(f"sandbox {__version__}\n")
             sys.exit(0)
-        opts = ls_json_options(argv)
-        run_id = _run_id() if opts is not None else False
-        if opts is not None and run_id is not False:
+        answer: Callable[[str | None], bool] | None = None
+        if (ls := ls_json_options(argv)) is not None:
+            answer = lambda rid: _ls_json(*ls, run_id=rid)  # noqa: E731
+        elif (lg := logs_options(argv)) is not None:
+            answer = lambda rid: _logs(*lg, run_id=rid)  # noqa: E731
+        elif (sd := send_options(argv)) is not None:
+            answer = lambda rid: _send(*sd, run_id=rid)  # noqa: E731
+        run_id = _run_id() if answer is not None else False
+        if answer is not None and run_id is not False:
             from sandbox.errors import SandboxError
 
             try:
-                if _ls_json(*opts, run_id=run_id or None):
+                if answer(run_id or None):
                     sys.exit(0)
             except SandboxError as e:
                 if os.environ.get("SANDBOX_DEBUG"):

@@ -513,7 +513,7 @@ class SandboxManager:
                 raise AgentError(f"agent {sandbox.name} not ready after {timeout:.0f}s",
                                  hint=f"see `sandbox logs {sandbox.name}`")
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.1)
+            delay = min(delay * 1.5, 0.025)  # a local file read: polling often costs nothing, late costs latency
 
     # -- talking to an agent -------------------------------------------------------------------
     def _running(self, name: str) -> Sandbox:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox.fast import ls_json_options
+from sandbox.fast import logs_options, ls_json_options, send_options
 from tests.conftest import Env
 
 
@@ -28,6 +28,30 @@ def test_ls_json_options(argv: list[str], expected: object) -> None:
 VOLATILE = {"status", "state", "activity", "agent_state", "reason", "exit_code", "attempt"}
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["logs", "a-1"], ("a-1", None)),
+    (["logs", "a-1", "-n", "20"], ("a-1", 20)),
+    (["logs", "a-1", "--lines", "3"], ("a-1", 3)),
+    (["logs", "a-1", "-f"], None),
+    (["logs", "a-1", "-n", "x"], None),
+    (["logs", "--help"], None),
+])
+def test_logs_options(argv: list[str], expected: object) -> None:
+    assert logs_options(argv) == expected
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["send", "a-1", "hello world"], ("a-1", "hello world", True)),
+    (["send", "a-1", "-"], ("a-1", "-", True)),
+    (["send", "a-1", "x", "--no-enter"], ("a-1", "x", False)),
+    (["send", "a-1", "x", "--wait"], None),
+    (["send", "a-1", "--", "-x"], None),
+    (["send", "a-1"], None),
+])
+def test_send_options(argv: list[str], expected: object) -> None:
+    assert send_options(argv) == expected
+
+
 def _no_volatile(items: list[dict]) -> list[dict]:  # type: ignore[type-arg]
     """The agent's live state may move between two calls; everything else must be equal."""
     return [{k: (sorted(v) if k == "agent_state" else v) for k, v in it.items()
@@ -47,4 +71,14 @@ def test_fast_ls_json_equals_full_cli_and_skips_typer(env: Env, repo: Path) -> N
     imported = {line.rsplit("|", 1)[-1].strip() for line in traced.err.splitlines()}
     assert "sandbox.manager" in imported
     assert not imported & {"typer", "pydantic", "docker", "requests"}
+    # send + logs through the fast path: the text arrives byte-exact and the pane shows it
+    env.ok("send", "fast-1", "echo fast-$((40+2)) 'a;b'", cwd=repo)
+    from tests.conftest import wait_for
+    wait_for(lambda: "fast-42 a;b" in env.ok("logs", "fast-1", cwd=repo).out, 30, "the echo in the pane")
+    assert env.ok("logs", "fast-1", "-n", "5", cwd=repo).out == \
+        env.ok("logs", "fast-1", "-n", "5", cwd=repo, extra={"SANDBOX_NO_FAST": "1"}).out
+    missing = env.run("logs", "nope-1", cwd=repo)
+    assert missing.code == 4 and missing.err.startswith("sandbox: error: no agent named 'nope-1'")
+    traced = env.ok("send", "fast-1", "true", cwd=repo, extra={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert not {line.rsplit("|", 1)[-1].strip() for line in traced.err.splitlines()} & {"typer", "docker"}
     env.ok("rm", "--force", "fast-1", cwd=repo)

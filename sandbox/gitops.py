@@ -6,9 +6,12 @@ so nothing an agent planted in a shared ``.git`` runs on the host through `sandb
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,9 +110,20 @@ def check_branch_name(repo: Repo, branch: str) -> bool:
     return git(repo.top, "check-ref-format", "--branch", branch, check=False).returncode == 0
 
 
+@contextlib.contextmanager
+def _worktrees_lock(repo: Repo) -> Iterator[None]:
+    """Serialise `git worktree add` in one repository: concurrent adds read each other's half-made
+    ``.git/worktrees/<id>`` ("fatal: failed to read .git/worktrees/<id>/commondir"), seen with 10
+    parallel spawns. A ``flock`` on a file in the git dir; released when the process ends."""
+    with open(repo.common_dir / "sandbox-worktrees.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def worktree_add(repo: Repo, path: Path, branch: str, base: str, reason: str) -> Path:
     """Add a locked worktree at ``path`` on a new ``branch``; returns its private git dir."""
-    git(repo.top, "worktree", "add", "--quiet", "--lock", "-b", branch, str(path), base)
+    with _worktrees_lock(repo):
+        git(repo.top, "worktree", "add", "--quiet", "--lock", "-b", branch, str(path), base)
     # Newer git can record a reason; older ones only lock. Either way the record is protected.
     gitdir = worktree_gitdir(path)
     (gitdir / "locked").write_text(reason + "\n")

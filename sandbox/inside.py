@@ -158,6 +158,7 @@ PROMPT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 TERMINAL = ("exited", "failed", "stopped")
+POLL = 0.25  # the init loop's period: one `tmux list-panes` per tick
 
 
 def _pane(session: str) -> dict[str, Any] | None:
@@ -187,6 +188,7 @@ def _pane_status(session: str) -> tuple[bool, int | None]:
 
 
 EXIT_FILE = Path("/tmp/sandbox-agent-exit")
+PID_FILE = Path("/tmp/sandbox-agent-pid")
 
 
 def run_agent(attempt: str, argv: list[str]) -> int:
@@ -199,6 +201,9 @@ def run_agent(attempt: str, argv: list[str]) -> int:
         except OSError as err:
             print(f"{argv[0]}: {err}", file=sys.stderr)
         os._exit(127)
+    tmp = PID_FILE.with_name(f".pid.{os.getpid()}")
+    tmp.write_text(f"{attempt} {pid}")
+    os.replace(tmp, PID_FILE)
     for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
         signal.signal(sig, signal.SIG_IGN)
     while True:
@@ -213,6 +218,14 @@ def run_agent(attempt: str, argv: list[str]) -> int:
     tmp.write_text(f"{attempt} {code}")
     os.replace(tmp, EXIT_FILE)
     return code
+
+
+def _agent_running(attempt: int) -> bool:
+    """Has this attempt's agent process been started (by ``run_agent``)?"""
+    try:
+        return int(PID_FILE.read_text().split()[0]) == attempt
+    except (OSError, ValueError, IndexError):
+        return False
 
 
 def _exit_code(attempt: int, pane: dict[str, Any] | None) -> int:
@@ -295,8 +308,6 @@ class Supervisor:
             tmux("set-buffer", "-b", "sandbox-task", "--", task[:-1] + "\\;" if task.endswith(";") else task)
             tmux("paste-buffer", "-p", "-d", "-r", "-b", "sandbox-task", "-t", target)
             tmux("send-keys", "-t", target, "Enter")
-        if not self.hooks:
-            write_state("busy")  # hook-less agents: the fallback below takes over
 
     def on_exit(self, code: int) -> float | None:
         """The agent's process ended: a delay before restarting it, or None to stay down."""
@@ -331,7 +342,7 @@ class Supervisor:
         restart_at: float | None = None
         last_activity = 0.0
         while True:
-            time.sleep(0.5)
+            time.sleep(POLL)
             now = time.time()
             if restart_at is not None:
                 if now >= restart_at:
@@ -356,7 +367,9 @@ class Supervisor:
             if self.idle_timeout and now - activity >= self.idle_timeout:
                 self.stop_agent(pane["pid"], f"idle-timeout {self.idle_timeout:g}s reached")
                 return self.idle_forever()
-            new = None if self.hooks or state.get("state") in TERMINAL else _fallback_state(self.session, pane, now)
+            new = None
+            if not self.hooks and state.get("state") not in TERMINAL and _agent_running(self.attempt):
+                new = _fallback_state(self.session, pane, now)  # hook-less agents: the documented fallback
             if (new and new != state.get("state")) or activity > last_activity + 0.5:
                 write_state(new, activity=activity)
                 last_activity = activity

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-import tenacity
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandbox.errors import Conflict, EngineError, EngineUnavailable
+
+if TYPE_CHECKING:  # tenacity is imported when a policy is first used: `ls` stays quick to start
+    import tenacity
 
 log = logging.getLogger("sandbox.retry")
 T = TypeVar("T")
@@ -61,6 +62,8 @@ def _log_retry(state: tenacity.RetryCallState) -> None:
 def policy(name: str, *, attempts: int, max_seconds: float, first: float = 0.1, cap: float = 2.0,
            retry_if: Callable[[BaseException], bool] = is_transient) -> tenacity.Retrying:
     """A bounded policy: exponential backoff with jitter, logged, re-raising the original error."""
+    import tenacity
+
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(retry_if),
         stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(max_seconds),

@@ -498,8 +498,8 @@ class SandboxManager:
         while True:
             state = _read_state(str(state_file.parent))
             st = state.get("state") if float(state.get("ts") or 0) >= since else None
-            if st in ("ready", "idle", "busy", "waiting"):
-                return self.get(sandbox.name)
+            if st in ("ready", "idle", "busy", "waiting") or (st == "exited" and state.get("exit_code") == 0):
+                return self.get(sandbox.name)  # (a quick agent may have started and finished already)
             if st in ("failed", "exited", "stopped"):
                 raise AgentError(f"agent {sandbox.name} did not start: {state.get('reason') or st}")
             checks += 1

@@ -234,8 +234,9 @@ def test_fails_twice_then_succeeds(env: Env, repo: Path) -> None:
 @pytest.mark.slow
 def test_always_failing_agent_is_failed_and_stays_down(env: Env, repo: Path) -> None:
     t0 = time.monotonic()
-    name = env.ok("spawn", "--name", "st-broken", "--retries", "2", "--agent-cmd", "sh -c 'echo broken; exit 7'",
-                  cwd=repo, extra=FAST).out.strip()
+    # --no-wait: an agent that never gets ready makes a waiting spawn fail (and clean up), exit 8.
+    name = env.ok("spawn", "--no-wait", "--name", "st-broken", "--retries", "2", "--agent-cmd",
+                  "sh -c 'echo broken; exit 7'", cwd=repo, extra=FAST).out.strip()
     res = env.run("wait", name, "--until", "exited", "--timeout", "120")
     assert res.code == 0 and res.out.strip() == "failed", res
     elapsed = time.monotonic() - t0
@@ -274,7 +275,7 @@ def test_killed_agent_and_killed_container(env: Env, repo: Path) -> None:
     env.run("exec", name, "--", "pkill", "-KILL", "-f", "sandbox.inside init")
     wait_for(lambda: row(env, name)["attempt"] == 3, 90, "attempt 3 after the container restart")
     assert docker_json(container)["RestartCount"] == 1
-    assert row(env, name)["state"] in ("busy", "idle")
+    wait_for(lambda: row(env, name)["state"] in ("busy", "idle"), 60, "ready after the container restart")
 
     # 3. `docker kill`: right at once `exited` with the engine's code; the engine never restarts a manual kill.
     subprocess.run(["docker", "kill", container], check=True, capture_output=True)

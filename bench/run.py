@@ -44,8 +44,12 @@ PS_JSON = ('{"ID":{{json .ID}},"Names":{{json .Names}},"Image":{{json .Image}},"
 
 
 def sandbox_bin() -> list[str]:
+    """The installed `sandbox` command; ``python -m sandbox`` when the script predates sandbox.fast
+    (a venv installed before the entry point moved: `pip install -e .` updates it)."""
     script = Path(sys.executable).parent / "sandbox"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "sandbox"]
+    if script.exists() and "sandbox.fast" in script.read_text(errors="replace"):
+        return [str(script)]
+    return [sys.executable, "-m", "sandbox"]
 
 
 def median(xs: list[float]) -> float | None:

@@ -144,9 +144,12 @@ def listing(b: Bench, n: int) -> None:
 
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(spawn, jobs))
-    for name, _, _ in jobs:
-        b.sandbox("wait", name, "--until", "any", "--timeout", "300", check=False)
-    rows = json.loads(b.sandbox("ls", "--all", "--json"))
+    deadline = time.monotonic() + 300
+    while True:  # settled: no agent still starting
+        rows = json.loads(b.sandbox("ls", "--all", "--json"))
+        if not any(r["state"] == "starting" for r in rows) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     states: dict[str, int] = {}
     for r in rows:
         if r["name"].startswith("mix-"):

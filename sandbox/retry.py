@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # tenacity is imported when a policy is first used: `ls` stay
     import tenacity
 
 log = logging.getLogger("sandbox.retry")
+log.addHandler(logging.NullHandler())  # quiet unless the application configures logging (errors stay one line)
 T = TypeVar("T")
 
 # 5xx answers that are the caller's configuration, not the engine's weather: never retried.
@@ -55,7 +56,7 @@ def is_name_held(err: BaseException) -> bool:
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
     err = state.outcome.exception() if state.outcome else None
-    log.warning("engine call %s failed (attempt %d, %.1fs): %s; retrying",
+    log.info("engine call %s failed (attempt %d, %.1fs): %s; retrying",
                 getattr(state.fn, "__name__", "?"), state.attempt_number, state.seconds_since_start, err)
 
 

@@ -163,3 +163,18 @@ def test_non_root_user_agent_runs_as_that_user_and_commits(unprivileged: Env) ->
     assert env.run("rm", name, cwd=repo).code == 5  # unmerged work: refused
     env.ok("rm", "--force", name, cwd=repo)  # backed up by the non-root user, then removed
     assert not worktree.exists()
+
+
+def test_locked_profile_has_no_network_and_a_read_only_root(env: Env, repo: Path) -> None:
+    name = env.ok("spawn", "--profile", "locked", "--agent-cmd", "bash", cwd=repo).out.strip()
+    info = json.loads(docker("inspect", f"sandbox-{name}"))[0]
+    assert info["HostConfig"]["NetworkMode"] == "none" and info["HostConfig"]["ReadonlyRootfs"] is True
+    assert info["Config"]["Labels"]["sandbox.profile"] == "locked"
+    interfaces = env.ok("exec", name, "--", "cat", "/proc/net/dev").out.splitlines()[2:]
+    assert [line.split(":")[0].strip() for line in interfaces] == ["lo"]
+    assert env.run("exec", name, "--", "touch", "/etc/planted").code != 0
+    # The worktree stays writable and git still commits onto the host's branch.
+    res = env.run("exec", name, "--", "sh", "-c", "echo x > f.txt && git add f.txt && git commit -qm locked-commit")
+    assert res.code == 0, res.err
+    assert git(repo, "log", "-1", "--format=%s", f"sandbox/{name}").strip() == "locked-commit"
+    env.ok("rm", "--force", name)  # locked-commit is unmerged: rm needs --force (backup) since issue #4

@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     run_id: str | None = None
     # Supervision (see README "States"): restarts of a failing agent, capacity, time limits.
     retries: int = Field(default=3, ge=0)          # restarts after a non-zero exit; then `failed`
-    retry_backoff: float = Field(default=1.0, gt=0)  # first restart delay (s), doubled each time, jittered
+    retry_backoff: float = Field(default=0.5, gt=0)  # first restart delay (s), doubled each time, jittered
     max_agents: int | None = Field(default=None, ge=1)  # starting/busy/waiting agents at once
     queue_timeout: float = 3600.0                  # how long `spawn --queue` waits for a free slot
     max_time: float | None = None                  # per-agent wall-clock limit (s)

@@ -4,12 +4,13 @@
                                       start the mock model if asked, start the tmux session
                                       running the agent, keep the state file, wait.
 ``python3 -m sandbox.inside hook EV`` Claude Code hook: turn an event into a state.
-``python3 -m sandbox.inside health``  HEALTHCHECK: exit 0 while the session and agent live.
-``python3 -m sandbox.inside run N -- ARGV``  the pane's process: runs the agent, records its exit.
 
 The init loop is the supervisor: it restarts a failing agent in the same pane with backoff and
 jitter (a circuit breaker after ``retries``), enforces ``max_time``/``idle_timeout``, and computes
 a fallback state for agents without hooks (pane activity, prompt patterns). See README "States".
+It sleeps until tmux's ``pane-died`` hook signals it (SIGUSR1), so a death is seen at once and an
+idle agent costs no polling; it only ticks (1 s) for what needs a clock: the fallback state and
+time limits. The pane runs the agent under a tiny ``sh`` wrapper that records its exit code.
 
 Inputs, copied in by the host before start: ``/var/lib/sandbox/launch.json`` (argv, task,
 workdir, session, …) and ``/var/lib/sandbox/secrets.json`` (API keys, mode 0400). Output: the
@@ -23,6 +24,7 @@ import json
 import os
 import random
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -105,6 +107,7 @@ def _setup_home(launch: dict[str, Any], api_key: str | None) -> None:
     Path(TMUX_CONF).write_text(
         "set -g remain-on-exit on\nset -g scroll-on-clear on\nset -g history-limit 50000\nset -g default-terminal tmux-256color\n"
         "set -g status-right ' sandbox:#{session_name} '\n"
+        f"set-hook -g pane-died 'run-shell -b \"kill -USR1 {os.getpid()}\"'\n"
     )
     if not launch.get("claude"):
         return
@@ -158,7 +161,19 @@ PROMPT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 TERMINAL = ("exited", "failed", "stopped")
-POLL = 0.25  # the init loop's period: one `tmux list-panes` per tick
+TICK = 1.0    # the loop's period when something needs a clock (fallback state, time limits)
+NAP = 60.0    # otherwise: only the pane-died signal (or this safety net) wakes it
+WAKE: list[int] = []  # the read end of the signal wake-up pipe, set up by init()
+
+
+def _sleep(seconds: float) -> None:
+    """Sleep, cut short by a signal (SIGUSR1 from tmux's pane-died hook)."""
+    if not WAKE:
+        time.sleep(seconds)
+        return
+    ready, _, _ = select.select(WAKE, [], [], seconds)
+    if ready:
+        os.read(WAKE[0], 512)
 
 
 def _pane(session: str) -> dict[str, Any] | None:
@@ -191,37 +206,22 @@ EXIT_FILE = Path("/tmp/sandbox-agent-exit")
 PID_FILE = Path("/tmp/sandbox-agent-pid")
 
 
-def run_agent(attempt: str, argv: list[str]) -> int:
-    """The pane's process: run the agent as a child and record its exit code for the supervisor
-    (tmux does not always collect a respawned pane's status). Ctrl-C reaches the agent only."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.execvp(argv[0], argv)
-        except OSError as err:
-            print(f"{argv[0]}: {err}", file=sys.stderr)
-        os._exit(127)
-    tmp = PID_FILE.with_name(f".pid.{os.getpid()}")
-    tmp.write_text(f"{attempt} {pid}")
-    os.replace(tmp, PID_FILE)
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
-        signal.signal(sig, signal.SIG_IGN)
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-    code = os.waitstatus_to_exitcode(status)
-    code = 128 - code if code < 0 else code  # killed by signal N: 128+N, as a shell says
-    tmp = EXIT_FILE.with_name(f".exit.{os.getpid()}")
-    tmp.write_text(f"{attempt} {code}")
-    os.replace(tmp, EXIT_FILE)
-    return code
+# The pane's process: records "ATTEMPT PID", runs the agent as its child, records "ATTEMPT CODE"
+# (tmux 3.3 does not always keep a respawned pane's exit status). `trap :` (a handler, not
+# "ignore") keeps the wrapper alive on Ctrl-C while the agent, after exec, gets the default action.
+WRAPPER = (
+    'a=$1; shift; echo "$a $$" > /tmp/.pid.$$ && mv -f /tmp/.pid.$$ ' + str(PID_FILE) + '; '
+    'trap : INT QUIT TSTP; "$@"; c=$?; '
+    'echo "$a $c" > /tmp/.exit.$$ && mv -f /tmp/.exit.$$ ' + str(EXIT_FILE) + '; exit $c'
+)
+
+
+def agent_command(attempt: int, argv: list[str]) -> list[str]:
+    return ["/bin/sh", "-c", WRAPPER, "sandbox-agent", str(attempt), *argv]
 
 
 def _agent_running(attempt: int) -> bool:
-    """Has this attempt's agent process been started (by ``run_agent``)?"""
+    """Has this attempt's agent process been started (by the pane's wrapper)?"""
     try:
         return int(PID_FILE.read_text().split()[0]) == attempt
     except (OSError, ValueError, IndexError):
@@ -297,7 +297,7 @@ class Supervisor:
                     reason=None if self.attempt == 1 else f"restarted (attempt {self.attempt})",
                     prompts=0, activity=self.attempt_t0, started=self.attempt_t0)
         target = f"={self.session}:"
-        argv = [sys.executable, "-m", "sandbox.inside", "run", str(self.attempt), "--", *self.argv]
+        argv = agent_command(self.attempt, self.argv)
         if tmux("has-session", "-t", f"={self.session}", check=False).returncode == 0:
             tmux("respawn-pane", "-k", "-t", target, "-c", self.launch["workdir"], "--", *argv)
         else:
@@ -341,8 +341,12 @@ class Supervisor:
         self.start_agent()
         restart_at: float | None = None
         last_activity = 0.0
+        needs_clock = not self.hooks or bool(self.max_time or self.idle_timeout)
         while True:
-            time.sleep(POLL)
+            period = TICK if needs_clock else NAP
+            if restart_at is not None:
+                period = max(0.0, restart_at - time.time())
+            _sleep(period)  # until the pane-died hook's signal, or the clock
             now = time.time()
             if restart_at is not None:
                 if now >= restart_at:
@@ -387,6 +391,15 @@ def init() -> int:
         secrets = json.loads(SECRETS.read_text())
     env = dict(os.environ)
     env.update(secrets)
+
+    # tmux tells the supervisor at once when the agent's pane dies (see TMUX_CONF): a SIGUSR1
+    # handled (not blocked: tmux and the agent would inherit a blocked mask) and turned into a
+    # readable pipe that the loop waits on.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    WAKE.append(wake_r)
 
     def on_term(signum: int, frame: Any) -> None:
         if read_state().get("state") not in ("failed", "stopped"):
@@ -489,30 +502,14 @@ def hook(event: str) -> int:
     return 0
 
 
-def health() -> int:
-    """0 while the session and the agent live, or while a restart is pending (no flapping)."""
-    state = read_state()
-    if state.get("state") in TERMINAL:
-        return 1
-    session = json.loads(LAUNCH.read_text())["session"]
-    pane = _pane(session)
-    if state.get("state") == "starting":
-        return 0
-    return 0 if pane is not None and not pane["dead"] else 1
-
-
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python3 -m sandbox.inside init|hook EVENT|health|run ATTEMPT -- ARGV", file=sys.stderr)
+        print("usage: python3 -m sandbox.inside init|hook EVENT|health", file=sys.stderr)
         return 2
     if argv[0] == "init":
         return init()
     if argv[0] == "hook":
         return hook(argv[1] if len(argv) > 1 else "")
-    if argv[0] == "health":
-        return health()
-    if argv[0] == "run" and len(argv) > 3 and argv[2] == "--":
-        return run_agent(argv[1], argv[3:])
     print(f"unknown command {argv[0]!r}", file=sys.stderr)
     return 2
 

@@ -344,6 +344,8 @@ class Supervisor:
         needs_clock = not self.hooks or bool(self.max_time or self.idle_timeout)
         while True:
             period = TICK if needs_clock else NAP
+            if not self.hooks and time.time() - self.attempt_t0 < 2.0:
+                period = 0.02  # a hook-less agent just (re)started: report it ready without delay
             if restart_at is not None:
                 period = max(0.0, restart_at - time.time())
             _sleep(period)  # until the pane-died hook's signal, or the clock

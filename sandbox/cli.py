@@ -123,14 +123,7 @@ def ls(
     """
     from sandbox import gitops
 
-    scope: Path | None = None
-    if not all_repos:
-        try:
-            scope = gitops.find_repo(repo or Path.cwd()).top
-        except SandboxError:
-            if repo is not None:
-                raise
-    found = _manager().list(repo=scope, exec_state=exec_state)
+    found = _manager().list(repo=gitops.scope(repo, all_repos), exec_state=exec_state)
     if as_json:
         typer.echo(json.dumps([s.to_json() for s in found], indent=2))
         return

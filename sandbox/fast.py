@@ -85,16 +85,9 @@ def _run_id() -> str | None | bool:
 def _ls_json(repo: Path | None, all_repos: bool, run_id: str | None) -> bool:
     """The same as ``sandbox.cli.ls(--json)``; False when it cannot answer here."""
     from sandbox import gitops
-    from sandbox.errors import SandboxError
     from sandbox.manager import SandboxManager
 
-    scope: Path | None = None
-    if not all_repos:
-        try:
-            scope = gitops.find_repo(repo or Path.cwd()).top
-        except SandboxError:
-            if repo is not None:
-                raise
+    scope = gitops.scope(repo, all_repos)
     try:
         found = SandboxManager(_ListSettings(run_id)).list(repo=scope)  # type: ignore[arg-type]
     except AttributeError:  # list() now reads more settings than this knows: let the full CLI answer

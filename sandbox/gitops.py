@@ -93,6 +93,19 @@ def find_repo(path: Path) -> Repo:
     return Repo(top=top, common_dir=common)
 
 
+def scope(path: Path | None, all_repos: bool) -> Path | None:
+    """Which repository a listing is about: None for every one (``--all``, or outside any
+    repository when no path was given); a bad explicit ``path`` is an error."""
+    if all_repos:
+        return None
+    try:
+        return find_repo(path or Path.cwd()).top
+    except RepoError:
+        if path is not None:
+            raise
+        return None
+
+
 def resolve_commit(repo: Repo, rev: str) -> str:
     proc = git(repo.top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}", check=False)
     if proc.returncode != 0:

@@ -5,7 +5,7 @@
 1. Death to ready again: the agent's process is killed (`pkill -KILL` in the container), until
    `state.json` shows the next attempt ready (shell agent: busy/idle; Claude Code: its SessionStart
    hook → idle); the container's main process killed (engine restart policy), until the same.
-   Measured with retry_backoff=1.0 (the default: first restart after 0.5–1 s) and 0.05 (overhead).
+   Measured with retry_backoff=0.5 (the default: first restart after 0.25–0.5 s) and 0.05 (overhead).
 2. `sandbox ls --all --json` and `sandbox ls --all` (the real CLI, a subprocess each) with N agents
    in mixed states, against `docker ps --filter label=sandbox.managed=1 --filter label=sandbox.run-id=ID`
    in the same run.
@@ -99,7 +99,7 @@ def recovery(b: Bench, skip_claude: bool) -> None:
     if not skip_claude:
         cases.append(("Claude Code (mock model), process killed", None, ["pkill", "-KILL", "-x", "claude"], ("idle",)))
     n = [0]
-    for backoff in ("1.0", "0.05"):
+    for backoff in ("0.5", "0.05"):
         for label, cmd, kill, ready in cases:
             def once() -> float:
                 n[0] += 1

@@ -301,7 +301,7 @@ class Supervisor:
         if tmux("has-session", "-t", f"={self.session}", check=False).returncode == 0:
             tmux("respawn-pane", "-k", "-t", target, "-c", self.launch["workdir"], "--", *argv)
         else:
-            tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "200", "-y", "50",
+            tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
                  "-c", self.launch["workdir"], "--", *argv)
         if self.launch.get("delivery") == "type" and self.launch.get("task"):
             task = self.launch["task"]  # a trailing ";" would be a tmux separator (see sandbox.tmux.literal)

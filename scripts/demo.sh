@@ -23,8 +23,9 @@ for _ in $(seq 1 60); do
   sleep 1
 done
 "$S" ls --repo "$REPO"
-echo; echo "--- the agent's pane (last 15 lines) ---"; "$S" logs "$name" -n 15 | sed '/^\s*$/d' | tail -15
+echo; echo "--- the agent's pane ---"; "$S" logs "$name" | sed 's/[[:space:]]*$//' | sed '/^$/d' | tail -20
 echo; echo "--- commits on sandbox/$name ---"; git -C "$REPO" log --oneline "sandbox/$name"
 echo
 echo "attach:  $S attach $name     (or: docker exec -it sandbox-$name tmux attach -t $name)"
-echo "remove:  $S rm $name; the branch sandbox/$name stays"
+echo "see:     $S diff $name     merge: $S merge $name"
+echo "remove:  $S rm $name   (refuses while its commits are neither merged nor pushed; --force backs them up first)"

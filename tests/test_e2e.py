@@ -92,3 +92,26 @@ def test_exec_attach_command_and_lifecycle(env: Env, repo: Path) -> None:
     wait_for(lambda: "again-49" in env.ok("logs", name).out, 20, "typing after restart")
     env.ok("rm", "--force", name)  # agent-commit is neither merged nor pushed
     assert env.ok("ls", "--json", cwd=repo).json() == []
+
+
+def test_worktree_under_a_private_home_is_reachable(env: Env, repo: Path) -> None:
+    """Root's default data dir is under /root (mode 700 in most images): the agent must still reach it."""
+    import os
+    import shutil
+
+    from tests.conftest import RUN_ID
+
+    if os.getuid() != 0:
+        pytest.skip("the private home case is root's")
+    data = Path("/root/.cache") / f"sandbox-{RUN_ID}"
+    try:
+        extra = {"XDG_DATA_HOME": str(data)}
+        name = env.ok("spawn", "--agent-cmd", "bash", cwd=repo, extra=extra).out.strip()
+        res = env.run("exec", name, "--", "sh", "-c", "pwd && echo x > f.txt && git add f.txt && git commit -qm home",
+                      extra=extra)
+        assert res.code == 0, res.err
+        assert res.out.strip().startswith(str(data))
+        assert git(repo, "log", "-1", "--format=%s", f"sandbox/{name}").strip() == "home"
+        env.ok("rm", "--force", name, extra=extra)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)

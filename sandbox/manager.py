@@ -342,7 +342,8 @@ class SandboxManager:
             if state_dir.exists():
                 shutil.rmtree(state_dir)
             state_dir.mkdir(parents=True)
-            os.chown(state_dir, uid, gid) if os.getuid() == 0 else None
+            if os.getuid() == 0:
+                os.chown(state_dir, uid, gid)
             undo.callback(shutil.rmtree, state_dir, True)
             binds.append(f"{state_dir}:{STATE_MOUNT}:rw")
 

@@ -19,27 +19,44 @@ state file ``/run/sandbox-state/state.json``, on a mount the host reads without 
 
 from __future__ import annotations
 
+# The init stays resident in every container: only light modules at the top (pathlib, typing,
+# subprocess and random cost ~3 MiB of RSS per agent; json, os, select, signal are cheap).
 import fcntl
 import json
 import os
-import random
 import re
 import select
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
-LAUNCH = Path("/var/lib/sandbox/launch.json")
-SECRETS = Path("/var/lib/sandbox/secrets.json")
-STATE_DIR = Path(os.environ.get("SANDBOX_STATE_DIR", "/run/sandbox-state"))
-STATE = STATE_DIR / "state.json"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+LAUNCH = "/var/lib/sandbox/launch.json"
+SECRETS = "/var/lib/sandbox/secrets.json"
+STATE_DIR = os.environ.get("SANDBOX_STATE_DIR", "/run/sandbox-state")
+STATE = os.path.join(STATE_DIR, "state.json")
 TMUX_CONF = "/tmp/sandbox-tmux.conf"
 MOCK_KEY = "sk-ant-sandbox-mock-model-offline-0000"
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _replace(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary file beside it, then rename)."""
+    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    _write(tmp, text)
+    os.replace(tmp, path)
 
 # Claude Code hook event -> agent state.
 HOOK_STATES = {
@@ -55,29 +72,20 @@ HOOK_STATES = {
 
 def read_state() -> dict[str, Any]:
     try:
-        return dict(json.loads(STATE.read_text()))
+        return dict(json.loads(_read(STATE)))
     except (OSError, ValueError):
         return {}
 
 
-@contextmanager
-def _locked() -> Iterator[None]:
-    """Serialise read-modify-write of the state file between the init loop and the hooks."""
-    try:
-        fd = os.open(STATE_DIR / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def write_state(state: str | None = None, **fields: Any) -> dict[str, Any]:
-    """Atomically replace the state file, keeping fields not given (``state=None`` keeps it)."""
-    with _locked():
+    """Atomically replace the state file, keeping fields not given (``state=None`` keeps it).
+    A lock serialises this read-modify-write between the init loop and the hooks."""
+    try:
+        fd = os.open(os.path.join(STATE_DIR, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        fd = -1
+    try:
         data = read_state()
         data.update(fields)
         if state is not None:
@@ -85,37 +93,64 @@ def write_state(state: str | None = None, **fields: Any) -> dict[str, Any]:
                 data["since"] = time.time()
             data["state"] = state
         data["ts"] = time.time()
-        tmp = STATE.with_name(f".state.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, STATE)
+        _replace(STATE, json.dumps(data))
         return data
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
-def tmux(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=check)
+class Done:
+    """What a finished command gave: its exit code and its standard output."""
+
+    __slots__ = ("returncode", "stdout")
+
+    def __init__(self, returncode: int, stdout: str) -> None:
+        self.returncode = returncode
+        self.stdout = stdout
+
+
+def tmux(*args: str, check: bool = True) -> Done:
+    """Run tmux with argv (no shell), without the subprocess module (see the imports)."""
+    r, w = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        pid = os.posix_spawnp("tmux", ["tmux", *args], os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
+    finally:
+        os.close(w)
+        os.close(null)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if check and code != 0:
+        raise RuntimeError(f"tmux {args[0]} exited {code}")
+    return Done(code, b"".join(chunks).decode("utf-8", "replace"))
 
 
 def _setup_home(launch: dict[str, Any], api_key: str | None) -> None:
-    home = Path(os.environ.get("HOME", "/home/agent"))
-    home.mkdir(parents=True, exist_ok=True)
+    home = os.environ.get("HOME", "/home/agent")
+    os.makedirs(home, exist_ok=True)
     workdir = launch["workdir"]
     ident = launch.get("git_identity") or {}
     gitconfig = "[user]\n\tname = {}\n\temail = {}\n".format(
         ident.get("name") or f"sandbox agent {launch['name']}", ident.get("email") or "agent@sandbox.invalid"
     )
-    (home / ".gitconfig").write_text(gitconfig)
-    Path(TMUX_CONF).write_text(
+    _write(os.path.join(home, ".gitconfig"), gitconfig)
+    _write(TMUX_CONF, 
         "set -g remain-on-exit on\nset -g scroll-on-clear on\nset -g history-limit 50000\nset -g default-terminal tmux-256color\n"
         "set -g status-right ' sandbox:#{session_name} '\n"
         f"set-hook -g pane-died 'run-shell -b \"kill -USR1 {os.getpid()}\"'\n"
     )
     if not launch.get("claude"):
         return
-    claude_json = home / ".claude.json"
+    claude_json = os.path.join(home, ".claude.json")
     cfg: dict[str, Any] = {}
-    if claude_json.exists():
+    if os.path.exists(claude_json):
         try:
-            cfg = json.loads(claude_json.read_text())
+            cfg = json.loads(_read(claude_json))
         except ValueError:
             cfg = {}
     cfg.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True, "autoUpdates": False})
@@ -124,31 +159,33 @@ def _setup_home(launch: dict[str, Any], api_key: str | None) -> None:
     projects = cfg.setdefault("projects", {})
     projects.setdefault(workdir, {})["hasTrustDialogAccepted"] = True
     projects[workdir]["hasCompletedProjectOnboarding"] = True
-    claude_json.write_text(json.dumps(cfg))
+    _write(claude_json, json.dumps(cfg))
     hook_cmd = f"{sys.executable} -m sandbox.inside hook"
     hooks = {ev: [{"hooks": [{"type": "command", "command": f"{hook_cmd} {ev}"}]}] for ev in HOOK_STATES}
-    settings_dir = home / ".claude"
-    settings_dir.mkdir(exist_ok=True)
-    (settings_dir / "settings.json").write_text(json.dumps({"hooks": hooks}))
+    os.makedirs(os.path.join(home, ".claude"), exist_ok=True)
+    _write(os.path.join(home, ".claude", "settings.json"), json.dumps({"hooks": hooks}))
 
 
 def _start_mock(launch: dict[str, Any], env: dict[str, str]) -> None:
-    ready = Path("/tmp/sandbox-mock.port")
-    ready.unlink(missing_ok=True)
+    ready = "/tmp/sandbox-mock.port"
+    if os.path.exists(ready):
+        os.unlink(ready)
     argv = [sys.executable, "-m", "sandbox.mockmodel", "--host", "127.0.0.1", "--port", "0",
-            "--ready-file", str(ready), "--log", "/tmp/sandbox-mock.log"]
+            "--ready-file", ready, "--log", "/tmp/sandbox-mock.log"]
     script = launch.get("mock_script")
     if script:
-        Path("/tmp/sandbox-mock-script.json").write_text(json.dumps(script))
+        _write("/tmp/sandbox-mock-script.json", json.dumps(script))
         argv += ["--script", "/tmp/sandbox-mock-script.json"]
-    subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     start_new_session=True)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.posix_spawn(sys.executable, argv, os.environ, setsid=True, file_actions=[
+        (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
+    os.close(null)
     deadline = time.monotonic() + 15
-    while not ready.exists():
+    while not os.path.exists(ready):
         if time.monotonic() > deadline:
             raise RuntimeError("mock model did not start")
         time.sleep(0.02)
-    env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{ready.read_text().strip()}"
+    env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{_read(ready).strip()}"
     env["ANTHROPIC_API_KEY"] = MOCK_KEY
     env.pop("ANTHROPIC_AUTH_TOKEN", None)
 
@@ -202,8 +239,8 @@ def _pane_status(session: str) -> tuple[bool, int | None]:
     return True, (pane["code"] if pane["code"] is not None else -1) if pane["dead"] else None
 
 
-EXIT_FILE = Path("/tmp/sandbox-agent-exit")
-PID_FILE = Path("/tmp/sandbox-agent-pid")
+EXIT_FILE = "/tmp/sandbox-agent-exit"
+PID_FILE = "/tmp/sandbox-agent-pid"
 
 
 # The pane's process: records "ATTEMPT PID", runs the agent as its child, records "ATTEMPT CODE"
@@ -223,14 +260,14 @@ def agent_command(attempt: int, argv: list[str]) -> list[str]:
 def _agent_running(attempt: int) -> bool:
     """Has this attempt's agent process been started (by the pane's wrapper)?"""
     try:
-        return int(PID_FILE.read_text().split()[0]) == attempt
+        return int(_read(PID_FILE).split()[0]) == attempt
     except (OSError, ValueError, IndexError):
         return False
 
 
 def _exit_code(attempt: int, pane: dict[str, Any] | None) -> int:
     try:
-        got, code = EXIT_FILE.read_text().split()
+        got, code = _read(EXIT_FILE).split()
         if int(got) == attempt:
             return int(code)
     except (OSError, ValueError):
@@ -240,6 +277,8 @@ def _exit_code(attempt: int, pane: dict[str, Any] | None) -> int:
 
 def backoff(failures: int, base: float, cap: float = 30.0) -> float:
     """Exponential backoff with jitter: base·2^(failures-1), capped, times a factor in [0.5, 1]."""
+    import random  # only when an agent failed: not resident in every container
+
     return min(cap, base * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
 
 
@@ -387,10 +426,10 @@ class Supervisor:
 
 
 def init() -> int:
-    launch = json.loads(LAUNCH.read_text())
+    launch = json.loads(_read(LAUNCH))
     secrets: dict[str, str] = {}
-    if SECRETS.exists():
-        secrets = json.loads(SECRETS.read_text())
+    if os.path.exists(SECRETS):
+        secrets = json.loads(_read(SECRETS))
     env = dict(os.environ)
     env.update(secrets)
 
@@ -439,7 +478,7 @@ def _last_answer(payload: dict[str, Any]) -> str:
     while True:
         texts: list[str] = []
         try:
-            lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+            lines = _read(path).splitlines()
         except OSError:
             lines = []
         for line in lines:
@@ -480,7 +519,7 @@ def hook(event: str) -> int:
         fields["prompts"] = int(current.get("prompts", 0)) + 1
     elif event == "SessionStart" and int(current.get("prompts", 0)) == 0:
         # A task given as the prompt argument is submitted right after start: busy, not idle.
-        launch = json.loads(LAUNCH.read_text())
+        launch = json.loads(_read(LAUNCH))
         if launch.get("task") and launch.get("delivery") == "arg":
             state = "busy"
     elif event == "Notification":
@@ -491,9 +530,7 @@ def hook(event: str) -> int:
             return 0  # Claude Code's reminder after a long idle: still idle, nothing new is asked
     elif event == "Stop":
         answer = _last_answer(payload)
-        tmp = STATE_DIR / f".reply.{os.getpid()}.tmp"
-        tmp.write_text(answer)
-        os.replace(tmp, STATE_DIR / "reply.txt")
+        _replace(os.path.join(STATE_DIR, "reply.txt"), answer)
         fields["stops"] = int(current.get("stops", 0)) + 1
         if answer.rstrip().endswith("?"):
             state = "waiting"  # the turn ended with a question for the user

@@ -112,13 +112,14 @@ def _send(name: str, text: str, enter: bool, run_id: str | None) -> bool:
 
     mgr = SandboxManager(_ListSettings(run_id))  # type: ignore[arg-type]
     try:
-        if mgr.get(name).state == "starting":  # waiting for readiness needs the full settings
+        sb = mgr.running(name)
+        if sb.state == "starting":  # waiting for readiness needs the full settings
             return False
     except AttributeError:
         return False
     if text == "-":
         text = sys.stdin.read()
-    mgr.send(name, text, enter=enter)  # typed from here on: never falls back (no double typing)
+    mgr.send(name, text, enter=enter, sb=sb)  # typed from here on: never falls back (no double typing)
     return True
 
 

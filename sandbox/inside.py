@@ -231,14 +231,6 @@ def _pane(session: str) -> dict[str, Any] | None:
             "activity": float(parts[4]) if parts[4].isdigit() else time.time()}
 
 
-def _pane_status(session: str) -> tuple[bool, int | None]:
-    """(session alive, exit status if the agent's process has exited)."""
-    pane = _pane(session)
-    if pane is None:
-        return False, None
-    return True, (pane["code"] if pane["code"] is not None else -1) if pane["dead"] else None
-
-
 EXIT_FILE = "/tmp/sandbox-agent-exit"
 PID_FILE = "/tmp/sandbox-agent-pid"
 

@@ -16,7 +16,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -517,7 +517,8 @@ class SandboxManager:
             delay = min(delay * 1.5, 0.025)  # a local file read: polling often costs nothing, late costs latency
 
     # -- talking to an agent -------------------------------------------------------------------
-    def _running(self, name: str) -> Sandbox:
+    def running(self, name: str) -> Sandbox:
+        """The agent, which must be running (one engine call)."""
         sb = self.get(name)
         if sb.engine_state != "running":
             raise AgentError(f"agent {name} is not running ({sb.state})", hint=f"`sandbox start {name}`")
@@ -526,20 +527,21 @@ class SandboxManager:
     def tmux(self, sb: Sandbox) -> Tmux:
         return Tmux(_DockerExecutor(self.engine, sb.container_id), sb.session)
 
-    def send(self, name: str, text: str, *, enter: bool = True) -> Sandbox:
-        sb = self._running(name)
+    def send(self, name: str, text: str, *, enter: bool = True, sb: Sandbox | None = None) -> Sandbox:
+        """Type ``text`` into the agent's pane (after it is ready); ``sb``: a fresh snapshot already at hand."""
+        sb = sb or self.running(name)
         if sb.state == "starting":
             sb = self.wait_ready(sb)
         self.tmux(sb).send(text, enter=enter)
         return sb
 
     def logs(self, name: str, lines: int | None = None) -> str:
-        sb = self._running(name)
+        sb = self.running(name)
         return self.tmux(sb).capture(lines)
 
     def follow(self, name: str, interval: float = 0.5) -> Iterator[str]:
         """Yield new pane lines as they appear (until the agent stops)."""
-        sb = self._running(name)
+        sb = self.running(name)
         tm = self.tmux(sb)
         seen: list[str] = []
         while True:
@@ -559,7 +561,7 @@ class SandboxManager:
                 return
 
     def exec(self, name: str, argv: list[str]) -> ExecResult:
-        sb = self._running(name)
+        sb = self.running(name)
         return self.engine.exec(sb.container_id, argv)
 
     # -- lifecycle -----------------------------------------------------------------------------

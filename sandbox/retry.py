@@ -11,7 +11,6 @@ or on a mutating call after checking whether it already took effect (see ``Engin
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,8 +20,6 @@ from sandbox.errors import Conflict, EngineError, EngineUnavailable
 if TYPE_CHECKING:  # tenacity is imported when a policy is first used: `ls` stays quick to start
     import tenacity
 
-log = logging.getLogger("sandbox.retry")
-log.addHandler(logging.NullHandler())  # quiet unless the application configures logging (errors stay one line)
 T = TypeVar("T")
 
 # 5xx answers that are the caller's configuration, not the engine's weather: never retried.
@@ -55,6 +52,11 @@ def is_name_held(err: BaseException) -> bool:
 
 
 def _log_retry(state: tenacity.RetryCallState) -> None:
+    import logging  # only when a retry happens: every command imports this module
+
+    log = logging.getLogger("sandbox.retry")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())  # quiet unless the application configures logging (one-line errors)
     err = state.outcome.exception() if state.outcome else None
     log.info("engine call %s failed (attempt %d, %.1fs): %s; retrying",
                 getattr(state.fn, "__name__", "?"), state.attempt_number, state.seconds_since_start, err)

@@ -52,6 +52,12 @@ def _manager(repo: Path | None = None, **flags: Any):  # type: ignore[no-untyped
     return SandboxManager(load_settings(repo, **flags))
 
 
+def _agent(name: str):  # type: ignore[no-untyped-def]
+    """The manager and a fresh snapshot of the agent ``name``."""
+    mgr = _manager()
+    return mgr, mgr.get(name)
+
+
 def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
@@ -293,7 +299,7 @@ def diff(
     """
     from sandbox import work
 
-    typer.echo(work.diff(_manager().get(name), stat=stat, uncommitted=uncommitted), nl=False)
+    typer.echo(work.diff(*_agent(name), stat=stat, uncommitted=uncommitted), nl=False)
 
 
 @app.command()
@@ -313,15 +319,45 @@ def merge(
     if squash and rebase:
         raise UsageError("--squash and --rebase exclude each other")
     mode = "squash" if squash else "rebase" if rebase else "merge"
-    res = work.merge(_manager().get(name), mode=mode, into=into, include_uncommitted=include_uncommitted)
+    res = work.merge(*_agent(name), mode=mode, into=into, include_uncommitted=include_uncommitted)
     if res.committed_uncommitted:
-        _err(f"committed {name}'s uncommitted changes as {res.committed_uncommitted[:12]}")
+        _err(f"merged {name}'s uncommitted changes as commit {res.committed_uncommitted[:12]}"
+             " (still uncommitted in its workspace)")
     if res.before == res.after:
         typer.echo(f"{res.target}: already up to date")
     else:
         typer.echo(f"{res.target}: {res.before[:12]}..{res.after[:12]} ({res.mode})")
     if res.left_uncommitted:
         _err(f"note: {name} still has uncommitted changes (not merged; see --include-uncommitted)")
+
+
+@app.command()
+def sync(
+    name: Annotated[Optional[str], typer.Argument(help="The agent (or --all).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every agent of this repository (or of --repo).")] = False,
+    repo: RepoOpt = None,
+) -> None:
+    """Bring an agent's commits and uncommitted work over now: branch sandbox/NAME and refs/sandbox/wip/NAME.
+
+    Example: sandbox sync sonnet-1 && git log sandbox/sonnet-1
+    """
+    from sandbox import gitops, work
+
+    if (name is None) == (not all_):
+        raise UsageError("name an agent, or pass --all")
+    mgr = _manager(repo)
+    agents = [mgr.get(name)] if name else mgr.list(gitops.scope(repo, False), sync=False)
+    failed = 0
+    for sb in agents:
+        w = work.of(mgr, sb, strict=False)
+        if not w.readable:
+            failed += 1
+            _err(f"{sb.name}: cannot read its work: {w.reason}")
+            continue
+        note = " + uncommitted changes" if w.dirty else ""
+        typer.echo(f"{sb.name}: {w.branch} at {(w.head or '?')[:12]}{note}")
+    if failed:
+        raise typer.Exit(8)
 
 
 @app.command()
@@ -332,7 +368,7 @@ def apply(name: str) -> None:
     """
     from sandbox import work
 
-    files = work.apply(_manager().get(name))
+    files = work.apply(*_agent(name))
     typer.echo("\n".join(files) if files else "nothing to apply")
 
 
@@ -347,7 +383,7 @@ def push(
     """
     from sandbox import work
 
-    typer.echo(work.push(_manager().get(name), remote))
+    typer.echo(work.push(*_agent(name), remote))
 
 
 @app.command()
@@ -362,7 +398,7 @@ def pr(
     """
     from sandbox import work
 
-    typer.echo(work.pr(_manager().get(name), remote, base))
+    typer.echo(work.pr(*_agent(name), remote, base))
 
 
 @app.command()

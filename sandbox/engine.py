@@ -290,6 +290,26 @@ class Engine:
             code = self.api.exec_inspect(ex["Id"])["ExitCode"]
         return ExecResult(int(code if code is not None else -1), out or b"", err or b"")
 
+    @staticmethod
+    def cli_exec(ref: str, argv: list[str], *, stdin: bool = True) -> list[str]:
+        """The docker CLI's argv for an exec whose standard streams are a pipe (e.g. a git transport)."""
+        return ["docker", "exec", *(["-i"] if stdin else []), "--workdir", "/", ref, *argv]
+
+    @staticmethod
+    def cli_run_reader(image: str, user: str, binds: list[tuple[str, str]], argv: list[str],
+                       labels: dict[str, str]) -> list[str]:
+        """The docker CLI's argv for a throwaway, locked-down container that only reads ``binds``
+        (host path, container path; all read-only, a missing source is an error, never created):
+        no network, no capabilities, read-only root, a small /tmp, removed when it ends."""
+        out = ["docker", "run", "--rm", "-i", "--network", "none", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges:true", "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=2g",
+               "--pids-limit", "256", "--user", user, "--entrypoint", argv[0], "--workdir", "/tmp"]
+        for key, value in labels.items():
+            out += ["--label", f"{key}={value}"]
+        for src, dst in binds:
+            out += ["--mount", f"type=bind,source={src},target={dst},readonly"]
+        return [*out, image, *argv[1:]]
+
     def read(self, ref: str, argv: list[str]) -> ExecResult:
         """An exec that only reads (cat, capture-pane): safe to repeat, so retried on transient errors."""
         return retry.call(retry.READS, self.exec, ref, argv)

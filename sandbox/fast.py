@@ -23,6 +23,11 @@ class _ListSettings:
 
     run_id: str | None
 
+    @property
+    def data_dir(self) -> Path:  # the same rule as Settings.data_dir (no SANDBOX_DATA_DIR: see _run_id)
+        xdg = os.environ.get("XDG_DATA_HOME")
+        return (Path(xdg) if xdg else Path.home() / ".local/share") / "sandbox"
+
 
 def ls_json_options(argv: list[str]) -> tuple[Path | None, bool] | None:
     """(repo, all) when argv is ``ls --json [--all|-a] [--repo PATH]``, else None (full CLI)."""
@@ -75,6 +80,8 @@ def _run_id() -> str | None | bool:
     """SANDBOX_RUN_ID as the settings would read it, or False when only the full CLI can tell."""
     xdg = os.environ.get("XDG_CONFIG_HOME")
     if (Path(xdg) if xdg else Path.home() / ".config").joinpath("sandbox", "config.toml").exists():
+        return False
+    if any(k.upper() == "SANDBOX_DATA_DIR" for k in os.environ):
         return False
     values = [v for k, v in os.environ.items() if k.upper() == "SANDBOX_RUN_ID"]
     if len(values) > 1:

@@ -1,23 +1,23 @@
 """The one path that runs git on the host.
 
-Every call is an argv list run without a shell, with hooks, fsmonitor and the pager disabled,
-so nothing an agent planted in a shared ``.git`` runs on the host through `sandbox`.
+Every call is an argv list run without a shell, with hooks, fsmonitor and the pager disabled.
+The host runs git only in the user's repository (its main checkout, or a scratch worktree of its
+own); never with a git dir, config, attributes or work tree an agent can write. What an agent made
+arrives through ``fetch_from``: a pack produced inside the agent's container, verified here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox.errors import GitError, RepoError
 
-# Config that neutralises what an untrusted .git could make the host run.
+BRANCH_PREFIX = "sandbox/"  # every agent's branch on the host: sandbox/NAME
+
+# Defence in depth (the host never runs git with an agent's .git): hooks, fsmonitor, pager off.
 SAFE_CONFIG = [
     "-c", "core.hooksPath=/dev/null",
     "-c", "core.fsmonitor=false",
@@ -42,6 +42,7 @@ def git(
     trust: tuple[Path, ...] = (),
     input: str | None = None,
     env: dict[str, str] | None = None,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``git -C cwd ARGS`` safely; ``trust`` adds ``safe.directory`` for exactly those paths.
 
@@ -56,7 +57,11 @@ def git(
     full_env.pop("GIT_WORK_TREE", None)
     full_env.pop("GIT_INDEX_FILE", None)
     full_env.update(env or {})
-    proc = subprocess.run(argv, cwd=cwd, env=full_env, input=input, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(argv, cwd=cwd, env=full_env, input=input, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise GitError(argv[len(SAFE_CONFIG) + 1 :], -1, f"timed out after {timeout:g}s") from None
     if check and proc.returncode != 0:
         raise GitError(argv[len(SAFE_CONFIG) + 1 :], proc.returncode, proc.stderr)
     return proc
@@ -123,46 +128,51 @@ def check_branch_name(repo: Repo, branch: str) -> bool:
     return git(repo.top, "check-ref-format", "--branch", branch, check=False).returncode == 0
 
 
-@contextlib.contextmanager
-def _worktrees_lock(repo: Repo) -> Iterator[None]:
-    """Serialise `git worktree add` in one repository: concurrent adds read each other's half-made
-    ``.git/worktrees/<id>`` ("fatal: failed to read .git/worktrees/<id>/commondir"), seen with 10
-    parallel spawns. A ``flock`` on a file in the git dir; released when the process ends."""
-    with open(repo.common_dir / "sandbox-worktrees.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+def workspace_create(repo: Repo, workspace: Path, agent_git: Path, branch: str, base: str) -> None:
+    """Make an agent's own repository: its git dir ``agent_git`` (borrowing the host's objects
+    through alternates, so it is instant and writes nothing to the host's store) and its checked-out
+    ``workspace`` on ``branch`` at ``base``, with the host's other branches as ``origin/*``.
+
+    The only time the host runs git with the agent's git dir: now, while it is a directory the host
+    has just created and no agent process exists. The caller then replaces the workspace's ``.git``
+    file with ``contract.GITFILE`` (a path that exists only inside the container).
+    """
+    for path in (workspace, agent_git):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    git(workspace.parent, "init", "-q", "--template=", f"--separate-git-dir={agent_git}", str(workspace))
+    (agent_git / "objects" / "info" / "alternates").write_text(f"{repo.common_dir / 'objects'}\n")
+    refs = git(repo.top, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads").stdout.splitlines()
+    lines = [f"create refs/heads/{branch} {base}"]
+    for line in refs:
+        sha, _, ref = line.partition(" ")
+        if not ref.startswith("refs/heads/" + BRANCH_PREFIX):
+            lines.append(f"create refs/remotes/origin/{ref[len('refs/heads/'):]} {sha}")
+    gd = [f"--git-dir={agent_git}"]
+    git(workspace.parent, *gd, "update-ref", "--stdin", input="\n".join(lines) + "\n")
+    git(workspace.parent, *gd, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+    git(workspace.parent, *gd, f"--work-tree={workspace}", "read-tree", "-u", "--reset", "HEAD")
 
 
-def worktree_add(repo: Repo, path: Path, branch: str, base: str, reason: str) -> Path:
-    """Add a locked worktree at ``path`` on a new ``branch``; returns its private git dir."""
-    with _worktrees_lock(repo):
-        git(repo.top, "worktree", "add", "--quiet", "--lock", "-b", branch, str(path), base)
-    # Newer git can record a reason; older ones only lock. Either way the record is protected.
-    gitdir = worktree_gitdir(path)
-    (gitdir / "locked").write_text(reason + "\n")
-    return gitdir
+def ext_url(argv: list[str]) -> str:
+    """A git ``ext::`` URL that runs ``argv`` as the remote end (``%`` and spaces escaped)."""
+    return "ext::" + " ".join(a.replace("%", "%%").replace(" ", "% ") for a in argv)
 
 
-def worktree_gitdir(worktree: Path) -> Path:
-    """The worktree's private git dir (``.git/worktrees/<id>``), read from its ``.git`` file."""
-    dotgit = worktree / ".git"
-    if dotgit.is_symlink():
-        raise RepoError(f"{dotgit} is a symlink, not a worktree link")
-    try:
-        text = dotgit.read_text()
-    except OSError as e:
-        raise RepoError(f"{worktree} is not a git worktree ({e.strerror})") from e
-    if not text.startswith("gitdir:"):
-        raise RepoError(f"{dotgit} is not a worktree link")
-    return Path(text.split(":", 1)[1].strip())
+def fetch_from(repo: Repo, remote_argv: list[str], refspecs: list[str], timeout: float = 120) -> None:
+    """Fetch ``refspecs`` from a ``git upload-pack`` that ``remote_argv`` runs (e.g. in a container).
+
+    The remote end is untrusted; this side runs only in the host's repository, with the host's
+    config, and ``index-pack`` verifies every object received (``transfer.fsckObjects`` too).
+    ``protocol.ext.allow`` is opened for this one command only.
+    """
+    git(repo.top, "-c", "protocol.ext.allow=always", "-c", "transfer.fsckObjects=true",
+        "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-auto-gc", "--no-auto-maintenance",
+        "--no-recurse-submodules", "--atomic", "--no-show-forced-updates",
+        ext_url(remote_argv), *refspecs, timeout=timeout)
 
 
-def worktree_remove(repo: Repo, path: Path, gitdir: Path | None = None) -> None:
-    """Remove a worktree directory and its registration (work must be saved by the caller)."""
-    if path.exists():
-        shutil.rmtree(path)
-    if gitdir is not None and gitdir.parent == repo.common_dir / "worktrees" and gitdir.exists():
-        shutil.rmtree(gitdir)  # exactly this registration: no global `worktree prune` of others' records
+def branch_create(repo: Repo, branch: str, base: str) -> None:
+    git(repo.top, "update-ref", f"refs/heads/{branch}", base, "0" * 40)
 
 
 def branch_delete(repo: Repo, branch: str) -> None:
@@ -174,6 +184,5 @@ def head_of(repo: Repo, branch: str) -> str | None:
     return proc.stdout.strip() or None
 
 
-def is_dirty(worktree: Path) -> bool:
-    proc = git(worktree, "status", "--porcelain", "--untracked-files=normal", trust=(worktree,), check=False)
-    return bool(proc.stdout.strip())
+def ref_delete(repo: Repo, ref: str) -> None:
+    git(repo.top, "update-ref", "-d", ref, check=False)

@@ -42,7 +42,7 @@ BASE_SCRIPT = REPO_ROOT / "images" / "base" / "build.sh"
 DOCKERFILE = REPO_ROOT / "Dockerfile.agent"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules that run inside the container: standard library only (see AGENTS.md).
-INSIDE_MODULES = ("__init__.py", "inside.py", "mockmodel.py")
+INSIDE_MODULES = ("__init__.py", "contract.py", "inside.py", "mockmodel.py")
 
 ONLINE_BASE = "debian:bookworm-slim"
 SDK_PACKAGE = "claude-agent-sdk"

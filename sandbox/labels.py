@@ -7,7 +7,7 @@ containers without them are never listed or touched.
 from __future__ import annotations
 
 PREFIX = "sandbox."
-SCHEMA = "1"
+SCHEMA = "2"  # 2: the agent has its own repository (AGENT_GIT); the host fetches from it
 
 MANAGED = PREFIX + "managed"
 SCHEMA_KEY = PREFIX + "schema"
@@ -18,7 +18,8 @@ REPO = PREFIX + "repo"            # the main checkout's top-level directory
 GITDIR = PREFIX + "gitdir"        # the repository's common git dir
 BRANCH = PREFIX + "branch"
 BASE = PREFIX + "base"            # the base commit (full sha)
-WORKTREE = PREFIX + "worktree"
+WORKTREE = PREFIX + "worktree"    # the agent's workspace (its working files) on the host
+AGENT_GIT = PREFIX + "agent-git"  # the agent's own git dir on the host (never run git in it)
 IMAGE = PREFIX + "image"
 PROFILE = PREFIX + "profile"
 CREATED = PREFIX + "created"      # ISO 8601, UTC
@@ -27,6 +28,7 @@ TASK = PREFIX + "task"            # a short summary of the task
 SESSION = PREFIX + "session"      # the tmux session name inside the container
 UID = PREFIX + "uid"
 STATE_DIR = PREFIX + "state-dir"  # host directory mounted at /run/sandbox-state
+READER = PREFIX + "reader"        # on a throwaway container reading an agent's work (value: the agent)
 RUN_ID = PREFIX + "run-id"        # optional: stamps everything a test run creates
 RETRIES = PREFIX + "retries"      # restarts allowed after a non-zero exit (supervision)
 MAX_TIME = PREFIX + "max-time"    # wall-clock limit in seconds ("" = none)

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -22,18 +21,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox import __version__, agents, capacity, gitops, labels as L
+from sandbox import __version__, agents, capacity, contract, gitops, labels as L
 from sandbox.engine import Engine, ExecResult
-from sandbox.errors import AgentError, Conflict, ImageMissing, NotFound, RepoError, UsageError
+from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
 from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
     from sandbox.config import Settings
 
 CONTAINER_PREFIX = "sandbox-"
-BRANCH_PREFIX = "sandbox/"
-STATE_MOUNT = "/run/sandbox-state"
-KEEP = ".sandbox-keep"  # dot-files are ignored by git's ref iteration; keeps bind-mounted ref dirs alive
+BRANCH_PREFIX = gitops.BRANCH_PREFIX
+STATE_MOUNT = contract.STATE_MOUNT
+WIP_PREFIX = "refs/sandbox/wip/"  # the host's copy of each agent's workspace snapshot (a commit)
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,7 @@ class Sandbox:
     engine_state: str                  # created / running / exited / paused / …
     status: str                        # the engine's human status ("Up 3 minutes (healthy)")
     agent_state: dict[str, Any] = field(default_factory=dict)
+    image_id: str = ""
 
     @property
     def session(self) -> str:
@@ -55,6 +55,12 @@ class Sandbox:
     @property
     def worktree(self) -> Path:
         return Path(self.labels[L.WORKTREE])
+
+    @property
+    def agent_git(self) -> Path | None:
+        """The agent's own git dir on the host (mounted at ``contract.AGENT_GIT``); never run git in it."""
+        raw = self.labels.get(L.AGENT_GIT)
+        return Path(raw) if raw else None
 
     @property
     def branch(self) -> str:
@@ -128,6 +134,7 @@ class Sandbox:
             "branch": self.branch,
             "repo": self.repo,
             "worktree": str(self.worktree),
+            "workspace": str(self.worktree),
             "base": self.labels.get(L.BASE),
             "created": self.labels.get(L.CREATED),
             "task": self.labels.get(L.TASK, ""),
@@ -160,34 +167,13 @@ def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int, top: str) -> b
     return buf.getvalue()
 
 
-def _grant(uid: int, gid: int, owned: list[Path], shared: list[Path]) -> None:
-    """Let the agent uid write what a commit writes when the invoking user is root.
-
-    ``owned`` (per-agent: its worktree, its worktree git dir, its ref and reflog) change owner;
-    ``shared`` directories (the object store, the sandbox ref dirs) get an ACL for the uid.
-    """
-    for path in owned:
-        if not path.exists():
-            continue
-        os.chown(path, uid, gid)
+def _chown_tree(uid: int, gid: int, *paths: Path) -> None:
+    """Give the agent uid what the host made for it (its workspace and git dir), never following links."""
+    for path in paths:
+        os.lchown(path, uid, gid)
         for root, dirs, files in os.walk(path):
             for n in dirs + files:
                 os.lchown(os.path.join(root, n), uid, gid)
-    if not shared:
-        return
-    if shutil.which("setfacl") is None:
-        raise RepoError("setfacl is missing: install the 'acl' package (needed when sandbox runs as root)")
-    dirs = [str(p) for p in shared]
-    objects = [d for d in dirs if d.endswith("/objects")]
-    acl = f"u:{uid}:rwX,d:u:{uid}:rwX"
-    proc = subprocess.run(["setfacl", "-m", acl, *dirs], capture_output=True, text=True)
-    if proc.returncode == 0 and objects:
-        # Existing object fan-out directories too (new ones inherit the default ACL).
-        subdirs = [str(p) for o in objects for p in Path(o).iterdir() if p.is_dir()]
-        if subdirs:
-            proc = subprocess.run(["setfacl", "-m", acl, *subdirs], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RepoError(f"cannot grant the agent uid {uid} access to the repository: {proc.stderr.strip()}")
 
 
 class SandboxManager:
@@ -198,9 +184,9 @@ class SandboxManager:
         self.engine = engine or Engine()
 
     # -- finding -----------------------------------------------------------------------------
-    def _filters(self, *extra: str) -> list[str]:
+    def _filters(self, *extra: str, any_run: bool = False) -> list[str]:
         filters = L.managed_filter(*extra)
-        if self.settings.run_id:
+        if self.settings.run_id and not any_run:
             filters.append(f"{L.RUN_ID}={self.settings.run_id}")
         return filters
 
@@ -214,16 +200,22 @@ class SandboxManager:
             engine_state=c.get("State", ""),
             status=c.get("Status", ""),
             agent_state=_read_state(lab.get(L.STATE_DIR)),
+            image_id=str(c.get("ImageID") or ""),
         )
 
-    def list(self, repo: Path | None = None, *, exec_state: bool = False) -> list[Sandbox]:
+    def list(self, repo: Path | None = None, *, exec_state: bool = False, sync: bool = True,
+             any_run: bool = False) -> list[Sandbox]:
         """Every managed agent (of one repository when ``repo`` is given): one engine call.
 
         ``exec_state``: for a running agent whose state file this host cannot read (a remote
-        engine), read it with one exec into that container.
+        engine), read it with one exec into that container. ``any_run``: also agents of other run
+        ids (see ``Settings.run_id``). ``sync``: first bring over the commits
+        of agents whose git changed (``refresh_branches``), so ``git log sandbox/NAME`` is current.
         """
         extra = [f"{L.REPO}={repo}"] if repo else []
-        found = [self._snapshot(c) for c in self.engine.list_containers(self._filters(*extra))]
+        found = [self._snapshot(c) for c in self.engine.list_containers(self._filters(*extra, any_run=any_run))]
+        if sync:
+            self.refresh_branches(found)
         if exec_state:
             found = [self.with_exec_state(sb) for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
@@ -301,7 +293,7 @@ class SandboxManager:
 
     def working_count(self) -> int:
         """Agents holding a capacity slot: starting, busy or waiting (one engine call)."""
-        return sum(1 for sb in self.list() if sb.state in capacity.WORKING)
+        return sum(1 for sb in self.list(sync=False) if sb.state in capacity.WORKING)
 
     def _spawn_named(
         self,
@@ -321,10 +313,12 @@ class SandboxManager:
         if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
             raise _NameTaken(name)
         branch = BRANCH_PREFIX + name
-        worktree = s.data_dir / "worktrees" / repo.slug / name
+        worktree = s.data_dir / "workspaces" / repo.slug / name
+        agent_git = s.data_dir / "agent-git" / repo.slug / name
         state_dir = s.data_dir / "state" / name
-        if worktree.exists():
-            raise RepoError(f"worktree path already exists: {worktree}", hint="remove it or pick another --name")
+        for path in (worktree, agent_git):
+            if path.exists() or path.is_symlink():
+                raise RepoError(f"path already exists: {path}", hint="remove it or pick another --name")
         if gitops.branch_exists(repo, branch):
             raise Conflict(f"branch {branch} already exists in {repo.top}", hint="pick another --name")
         uid, gid = s.uid_gid()
@@ -332,13 +326,19 @@ class SandboxManager:
             raise UsageError("the agent never runs as root: set SANDBOX_AGENT_UID to a non-zero uid")
 
         with ExitStack() as undo:
-            step(f"worktree {worktree} on branch {branch}")
-            worktree.parent.mkdir(parents=True, exist_ok=True)
-            gitdir = gitops.worktree_add(repo, worktree, branch, base_sha, reason=f"sandbox agent {name}")
+            step(f"workspace {worktree} on branch {branch}")
+            gitops.branch_create(repo, branch, base_sha)
             undo.callback(gitops.branch_delete, repo, branch)
-            undo.callback(gitops.worktree_remove, repo, worktree, gitdir)
+            undo.callback(shutil.rmtree, agent_git, True)
+            undo.callback(shutil.rmtree, worktree, True)
+            gitops.workspace_create(repo, worktree, agent_git, branch, base_sha)
+            (worktree / ".git").write_text(contract.GITFILE)
+            if os.getuid() == 0:
+                _chown_tree(uid, gid, worktree, agent_git)  # (the .git file too: git checks its owner; it is mounted ro)
+            binds = self._workspace_binds(repo, worktree, agent_git)
+            self._sync_mark(name, agent_git)
+            self._record_repo(repo)
 
-            binds = self._git_binds(repo, worktree, gitdir, name, uid, gid)
             if state_dir.exists():
                 shutil.rmtree(state_dir)
             state_dir.mkdir(parents=True)
@@ -348,6 +348,7 @@ class SandboxManager:
             binds.append(f"{state_dir}:{STATE_MOUNT}:rw")
 
             labels = self._labels(name, spec, model, repo, branch, base_sha, worktree, state_dir, task, uid)
+            labels[L.AGENT_GIT] = str(agent_git)
             host_config: dict[str, Any] = {
                 "cap_drop": ["ALL"],
                 "security_opt": ["no-new-privileges:true"],
@@ -417,28 +418,17 @@ class SandboxManager:
             return sandbox
         raise AssertionError("unreachable")
 
-    def _git_binds(self, repo: gitops.Repo, worktree: Path, gitdir: Path, name: str, uid: int, gid: int) -> list[str]:
-        """Mounts that make git work inside: what a commit writes is rw, the rest of .git is ro."""
-        common = repo.common_dir
-        ref_dir = common / "refs" / "heads" / "sandbox"
-        log_dir = common / "logs" / "refs" / "heads" / "sandbox"
-        for d in (ref_dir, log_dir):
-            d.mkdir(parents=True, exist_ok=True)
-            (d / KEEP).touch()
-        if os.getuid() == 0:
-            _grant(
-                uid, gid,
-                owned=[worktree, gitdir, ref_dir / name, log_dir / name],
-                shared=[common / "objects", ref_dir, log_dir],
-            )
+    @staticmethod
+    def _workspace_binds(repo: gitops.Repo, worktree: Path, agent_git: Path) -> list[str]:
+        """The workspace (rw) under a read-only ``.git`` file that points at the agent's own git dir
+        (rw, at a path that exists only in the container), and the host's object store read-only
+        (what the agent's repository borrows). Nothing else of the host's repository."""
+        objects = repo.common_dir / "objects"
         return [
             f"{worktree}:{worktree}:rw",
             f"{worktree / '.git'}:{worktree / '.git'}:ro",
-            f"{common}:{common}:ro",
-            f"{common / 'objects'}:{common / 'objects'}:rw",
-            f"{ref_dir}:{ref_dir}:rw",
-            f"{log_dir}:{log_dir}:rw",
-            f"{gitdir}:{gitdir}:rw",
+            f"{agent_git}:{contract.AGENT_GIT}:rw",
+            f"{objects}:{objects}:ro",
         ]
 
     def _labels(self, name: str, spec: agents.AgentSpec, model: str | None, repo: gitops.Repo, branch: str,
@@ -587,34 +577,175 @@ class SandboxManager:
 
     def remove(self, name: str, *, force: bool = False, delete_branch: bool = False,
                on_backup: Callable[[Any], None] | None = None) -> Sandbox:
-        """Remove the container and the worktree; the branch stays unless asked.
+        """Remove the container, the workspace and the agent's git dir; the branch stays unless asked.
 
-        Refuses when the worktree has uncommitted changes or commits neither merged nor pushed,
-        unless ``force``; then everything is first saved under a backup ref (see ``sandbox.work``),
-        passed to ``on_backup``.
+        First brings the agent's work over (``sync``) and refuses when the workspace has uncommitted
+        changes or commits neither merged nor pushed (or cannot be read), unless ``force``. Once the
+        container is gone, the final state is read once more and, when at risk, saved under a
+        backup ref (see ``sandbox.work``), passed to ``on_backup``.
         """
         from sandbox import work
 
         sb = self.get(name)
-        repo = gitops.Repo(top=Path(sb.repo), common_dir=Path(sb.labels[L.GITDIR]))
-        worktree = sb.worktree
-        work.check_removable(sb, force=force)
+        work.check_removable(self, sb, force=force)
         self.engine.remove(sb.container_id, force=True)
-        saved = work.save_if_at_risk(sb)  # the agent is gone: the snapshot is final
+        gone = replace(sb, engine_state="removed")
+        saved = work.save_if_at_risk(self, gone)  # the agent is gone: this snapshot is final
         if saved is not None and on_backup is not None:
             on_backup(saved)
-        gitdir = None
-        try:
-            gitdir = gitops.worktree_gitdir(worktree)
-        except RepoError:
-            pass
-        if gitdir is not None:
-            (gitdir / "locked").unlink(missing_ok=True)
-        gitops.worktree_remove(repo, worktree, gitdir)
+        self.drop_workspace(self.source(gone))
         if delete_branch:
-            gitops.branch_delete(repo, sb.branch)
+            gitops.branch_delete(self.repo_of(sb), sb.branch)
         shutil.rmtree(sb.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
         return sb
+
+    # -- the agent's work, brought over --------------------------------------------------------
+    @staticmethod
+    def repo_of(sb: Sandbox) -> gitops.Repo:
+        return gitops.Repo(top=Path(sb.repo), common_dir=Path(sb.labels[L.GITDIR]))
+
+    def source(self, sb: Sandbox) -> Source:
+        uid = int(sb.labels.get(L.UID) or 0) or self.settings.uid_gid()[0]
+        return Source(name=sb.name, repo=self.repo_of(sb), branch=sb.branch, workspace=sb.worktree,
+                      agent_git=sb.agent_git, uid=uid, image=sb.image_id or self.settings.image,
+                      container=sb.container_id if sb.engine_state == "running" else None)
+
+    def _export_argv(self, src: Source, snapshot: bool) -> list[str]:
+        objects = src.repo.common_dir / "objects"
+        args = [*contract.EXPORT, "--objects", str(objects)]
+        fallback = gitops.head_of(src.repo, src.branch)
+        if fallback:
+            args += ["--fallback", fallback]
+        if snapshot:
+            args += ["--snapshot", "--workdir", str(src.workspace)]
+        if src.container is not None:
+            return Engine.cli_exec(src.container, args)
+        binds = [(str(objects), str(objects))]
+        if _real_dir(src.agent_git):
+            binds.append((str(src.agent_git), contract.AGENT_GIT))
+        if snapshot and _real_dir(src.workspace):
+            binds.append((str(src.workspace), str(src.workspace)))
+        gid = os.lstat(src.workspace).st_gid if _real_dir(src.workspace) else src.uid
+        labels = {L.READER: src.name, **({L.RUN_ID: self.settings.run_id} if self.settings.run_id else {})}
+        return Engine.cli_run_reader(src.image, f"{src.uid}:{gid}", binds, args, labels)
+
+    def sync(self, src: Source, *, snapshot: bool = True, timeout: float = 120) -> Synced:
+        """Fetch the agent's HEAD into ``sandbox/NAME`` (and, with ``snapshot``, a commit of its whole
+        workspace into ``refs/sandbox/wip/NAME``) from inside its container, or from a throwaway
+        reader container when it is not running. Never raises for an unreadable agent: the
+        result says why, and the refs keep what was fetched last."""
+        refspecs = [f"+{contract.EXPORT_HEAD}:refs/heads/{src.branch}"]
+        if snapshot:
+            refspecs.append(f"+{contract.EXPORT_WIP}:{WIP_PREFIX}{src.name}")
+        mark = _signature(src.agent_git)
+        try:
+            gitops.fetch_from(src.repo, self._export_argv(src, snapshot), refspecs, timeout=timeout)
+        except GitError as e:
+            return Synced(ok=False, reason=_why(e.stderr) or f"git exited {e.code}")
+        self._sync_mark(src.name, src.agent_git, mark)
+        return Synced(ok=True)
+
+    def _record_repo(self, repo: gitops.Repo) -> None:
+        """Remember which repository a workspace slug belongs to (for ``gc --all-repos``), in a
+        host-only file: nothing an agent can write ever says where its work goes."""
+        path = self.settings.data_dir / "repos" / repo.slug
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(repo.top))
+
+    def repo_record(self, slug: str) -> Path | None:
+        try:
+            return Path((self.settings.data_dir / "repos" / slug).read_text().strip())
+        except OSError:
+            return None
+
+    def _sync_file(self, name: str) -> Path:
+        return self.settings.data_dir / "sync" / name
+
+    def _sync_mark(self, name: str, agent_git: Path | None, mark: str | None = None) -> None:
+        path = self._sync_file(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(mark if mark is not None else _signature(agent_git))
+
+    def refresh_branches(self, found: list[Sandbox], *, force: bool = False) -> None:
+        """Bring over the commits of every listed agent whose git dir changed since the last
+        fetch (a few ``lstat`` calls each, no exec when nothing changed; ``force``: every one);
+        in parallel, bounded."""
+        todo = []
+        for sb in found:
+            if sb.agent_git is None or not _real_dir(sb.agent_git):
+                continue  # a remote engine, or gone
+            try:
+                last = self._sync_file(sb.name).read_text()
+            except OSError:
+                last = ""
+            if force or _signature(sb.agent_git) != last:
+                todo.append(self.source(sb))
+        if not todo:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
+            list(pool.map(lambda src: self.sync(src, snapshot=False, timeout=30), todo))
+
+    def drop_workspace(self, src: Source) -> None:
+        """Delete what the agent had on the host (its work must be saved by the caller)."""
+        shutil.rmtree(src.workspace, ignore_errors=True)
+        if src.agent_git is not None:
+            shutil.rmtree(src.agent_git, ignore_errors=True)
+        gitops.ref_delete(src.repo, WIP_PREFIX + src.name)
+        self._sync_file(src.name).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where an agent's work is read from: its running container, else a reader container over
+    its workspace and git dir."""
+
+    name: str
+    repo: gitops.Repo
+    branch: str
+    workspace: Path
+    agent_git: Path | None
+    uid: int
+    image: str
+    container: str | None = None
+
+
+@dataclass(frozen=True)
+class Synced:
+    ok: bool
+    reason: str = ""
+
+
+def _why(stderr: str) -> str:
+    """The telling line of a failed fetch: the export's own reason, else git's first fatal line,
+    control characters removed (it may carry text from the agent's side)."""
+    lines = ["".join(ch for ch in ln.strip() if ch.isprintable())[:200] for ln in stderr.splitlines()]
+    for prefix in ("sandbox export:", "fatal:", "error:"):
+        for ln in lines:
+            if ln.startswith(prefix):
+                return ln.removeprefix("sandbox export:").strip()
+    return next((ln for ln in lines if ln), "")
+
+
+def _real_dir(path: Path | None) -> bool:
+    return path is not None and path.is_dir() and not path.is_symlink()
+
+
+def _signature(agent_git: Path | None) -> str:
+    """What changes when the agent commits, checks out or moves a ref (``lstat`` only: never follows
+    or opens anything the agent wrote)."""
+    if agent_git is None:
+        return ""
+    parts = []
+    for rel in ("HEAD", "logs/HEAD", "packed-refs", "refs/heads", "refs/heads/sandbox"):
+        try:
+            st = os.lstat(agent_git / rel)
+            parts.append(f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append("-")
+    return " ".join(parts)
 
 
 class _NameTaken(Exception):

@@ -1,16 +1,19 @@
 """Getting work out of an agent, and cleaning up without ever losing it.
 
-diff / merge / apply / push / pr bring an agent's work into the repository; ``guard`` (used by
-``SandboxManager.remove``), ``backup`` / ``restore`` and ``gc`` make sure no cleanup loses it.
+diff / merge / apply / push / pr bring an agent's work into the repository; ``check_removable``
+and ``save_if_at_risk`` (used by ``SandboxManager.remove``), ``backup`` / ``restore`` and ``gc``
+make sure no cleanup loses it.
 
-Every host git call goes through ``gitops.git``. The worktree's state is read with git plumbing
-only (a temporary index, ``write-tree``): git stores a symlink as a link and never follows it, and
-the agent's own index is never touched. Python never opens a path inside a worktree.
+The host never reads an agent's files or runs git in its workspace or git dir. ``read`` first
+brings the work over (``SandboxManager.sync``: a pack made inside the container, verified by the
+host's git) into two host refs: ``sandbox/NAME`` (the agent's HEAD) and ``refs/sandbox/wip/NAME``
+(a commit of the whole workspace: tracked, modified and untracked files, symlinks as links, with
+the HEAD as parent). Everything below is git on those objects in the host's own repository.
 
-"Merged" means: every commit of the branch is reachable from a target, or merging the branch into
-a target would change nothing (``git merge-tree``): that covers squash merges, rebases and
-cherry-picks. Targets are the repository's HEAD, every local branch outside ``sandbox/`` and every
-remote-tracking branch (so "pushed" counts too).
+"Merged" means: every commit is reachable from a target, or merging it into a target would change
+nothing (``git merge-tree``): that covers squash merges, rebases and cherry-picks. Targets are the
+repository's HEAD, every local branch outside ``sandbox/`` and every remote-tracking branch (so
+"pushed" counts too).
 """
 
 from __future__ import annotations
@@ -21,53 +24,22 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandbox import gitops, labels as L
-from sandbox.errors import Conflict, NotFound, RepoError, SandboxError, UsageError
+from sandbox.errors import AgentError, Conflict, NotFound, RepoError, SandboxError, UsageError
 
 if TYPE_CHECKING:
     from sandbox.config import Settings
-    from sandbox.manager import Sandbox, SandboxManager
+    from sandbox.manager import Sandbox, SandboxManager, Source
 
-BRANCH_PREFIX = "sandbox/"
+BRANCH_PREFIX = gitops.BRANCH_PREFIX
 BACKUP_PREFIX = "refs/sandbox/backup/"
 IDENTITY = {"GIT_AUTHOR_NAME": "sandbox", "GIT_AUTHOR_EMAIL": "sandbox@localhost",
             "GIT_COMMITTER_NAME": "sandbox", "GIT_COMMITTER_EMAIL": "sandbox@localhost"}
-
-
-@dataclass(frozen=True)
-class Work:
-    """What an agent produced: its branch (from ``base``) and its worktree."""
-
-    name: str
-    repo: gitops.Repo
-    branch: str
-    base: str | None
-    worktree: Path
-    task: str = ""
-    uid: int | None = None
-
-    def git(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
-        """git in the repository's main checkout (objects and refs only, never the worktree)."""
-        return gitops.git(self.repo.top, *args, check=check, env=env).stdout
-
-    def in_worktree(self, *args: str, env: dict[str, str] | None = None) -> str:
-        return gitops.git(self.worktree, *args, trust=(self.worktree,), env=env).stdout
-
-    @property
-    def has_worktree(self) -> bool:
-        return self.worktree.is_dir() and not self.worktree.is_symlink() and (self.worktree / ".git").is_file()
-
-
-def of(sb: Sandbox) -> Work:
-    uid = sb.labels.get(L.UID)
-    return Work(name=sb.name, repo=gitops.Repo(top=Path(sb.repo), common_dir=Path(sb.labels[L.GITDIR])),
-                branch=sb.branch, base=sb.labels.get(L.BASE), worktree=sb.worktree,
-                task=sb.labels.get(L.TASK, ""), uid=int(uid) if uid else None)
 
 
 def _rev(repo: gitops.Repo, rev: str) -> str | None:
@@ -75,32 +47,58 @@ def _rev(repo: gitops.Repo, rev: str) -> str | None:
     return out.strip() or None
 
 
-# -- the worktree's state, read safely -------------------------------------------------------------
-def worktree_head(work: Work) -> str | None:
-    if work.has_worktree:
-        out = gitops.git(work.worktree, "rev-parse", "--verify", "--quiet", "HEAD", trust=(work.worktree,),
-                         check=False).stdout.strip()
-        if out:
-            return out
-    return _rev(work.repo, f"refs/heads/{work.branch}")
+@dataclass(frozen=True)
+class Work:
+    """What an agent produced, as the host holds it after ``read``: its branch tip (``head``) and a
+    commit of its whole workspace (``wip``; equal to ``head`` when nothing is uncommitted)."""
+
+    name: str
+    repo: gitops.Repo
+    branch: str
+    base: str | None
+    head: str | None
+    wip: str | None
+    task: str = ""
+    readable: bool = True
+    reason: str = ""           # why the agent could not be read (then head/wip are what was read last)
+
+    def git(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
+        """git in the repository's main checkout (objects and refs only)."""
+        return gitops.git(self.repo.top, *args, check=check, env=env).stdout
+
+    @property
+    def dirty(self) -> bool:
+        """Uncommitted (or untracked) changes in the workspace."""
+        if not (self.head and self.wip) or self.head == self.wip:
+            return False
+        return _rev(self.repo, f"{self.wip}^{{tree}}") != _rev(self.repo, f"{self.head}^{{tree}}")
 
 
-def snapshot_tree(work: Work) -> str:
-    """The worktree as a tree object (tracked + untracked, not ignored), via a temporary index."""
-    head = worktree_head(work)
-    if head is None:
-        raise NotFound(f"branch {work.branch} of {work.name} no longer exists")
-    if not work.has_worktree:
-        return work.git("rev-parse", f"{head}^{{tree}}").strip()
-    with tempfile.TemporaryDirectory(prefix="sandbox-index-") as tmp:
-        env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-        work.in_worktree("read-tree", head, env=env)
-        work.in_worktree("add", "--all", "--", ".", env=env)
-        return work.in_worktree("write-tree", env=env).strip()
+def wip_ref(name: str) -> str:
+    from sandbox.manager import WIP_PREFIX
+
+    return WIP_PREFIX + name
 
 
-def is_dirty(work: Work) -> bool:
-    return work.has_worktree and gitops.is_dirty(work.worktree)
+def read(mgr: SandboxManager, src: Source, *, snapshot: bool = True, base: str | None = None,
+         task: str = "", strict: bool = False) -> Work:
+    """Bring the agent's work over, then describe it from the host's refs.
+
+    ``strict``: an agent that cannot be read is an error (exit 8) instead of a ``Work`` holding
+    what was read last (``readable`` False, with the reason)."""
+    synced = mgr.sync(src, snapshot=snapshot)
+    if not synced.ok and strict:
+        raise AgentError(f"cannot read {src.name}'s work: {synced.reason}",
+                         hint="is its image still there? see `sandbox ls --all`")
+    head = _rev(src.repo, f"refs/heads/{src.branch}")
+    wip = _rev(src.repo, wip_ref(src.name)) if snapshot else None
+    return Work(name=src.name, repo=src.repo, branch=src.branch, base=base, head=head, wip=wip or head,
+                task=task, readable=synced.ok, reason=synced.reason)
+
+
+def of(mgr: SandboxManager, sb: Sandbox, *, strict: bool = True, snapshot: bool = True) -> Work:
+    return read(mgr, mgr.source(sb), snapshot=snapshot, base=sb.labels.get(L.BASE), task=sb.labels.get(L.TASK, ""),
+                strict=strict)
 
 
 # -- merged or pushed --------------------------------------------------------------------------------
@@ -131,29 +129,33 @@ class Risk:
 
     dirty: bool
     unsaved: list[str]
+    unreadable: str = ""
 
     def __bool__(self) -> bool:
-        return self.dirty or bool(self.unsaved)
+        return self.dirty or bool(self.unsaved) or bool(self.unreadable)
 
     def describe(self) -> str:
         parts = (["uncommitted changes"] if self.dirty else []) + (
             [f"{len(self.unsaved)} commit(s) neither merged nor pushed"] if self.unsaved else [])
+        if self.unreadable:
+            parts.append(f"work that cannot be read ({self.unreadable})")
         return " and ".join(parts)
 
 
 def risk(work: Work) -> Risk:
-    head = worktree_head(work)
-    unsaved = unsaved_commits(work.repo, head) if head else []
-    branch_head = _rev(work.repo, f"refs/heads/{work.branch}")
-    if branch_head and branch_head != head:
-        unsaved += unsaved_commits(work.repo, branch_head)
-    return Risk(dirty=is_dirty(work), unsaved=unsaved)
+    """The workspace commit holds everything (its parent is the HEAD): at risk when its content is
+    in no target."""
+    tip = work.wip or work.head
+    unsaved = unsaved_commits(work.repo, tip) if tip else []
+    dirty = bool(unsaved) and work.dirty
+    commits = [c for c in unsaved if c != work.wip] if dirty else unsaved
+    return Risk(dirty=dirty, unsaved=commits, unreadable="" if work.readable else work.reason)
 
 
 # -- backup and restore --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Backup:
-    """A backup commit: tree = the worktree's state, first parent = its HEAD (the committed work)."""
+    """A backup commit: tree = the workspace's state, first parent = its HEAD (the committed work)."""
 
     ref: str
     commit: str
@@ -168,32 +170,36 @@ class Backup:
 
 def backup(work: Work) -> Backup:
     """Save everything (commits and the uncommitted state) under refs/sandbox/backup/<name>/<UTC time>."""
-    tree = snapshot_tree(work)
-    head = worktree_head(work)
-    assert head is not None
-    parents = ["-p", head]
-    branch_head = _rev(work.repo, f"refs/heads/{work.branch}")
-    if branch_head and branch_head != head:
-        parents += ["-p", branch_head]
+    head = work.head
+    if head is None:
+        raise NotFound(f"nothing of {work.name} was ever read")
+    tree = work.git("rev-parse", f"{work.wip or head}^{{tree}}").strip()
     msg = f"sandbox backup of {work.name}\n\nbranch: {work.branch}\nbase: {work.base or '?'}\nhead: {head}\n"
-    commit = work.git("commit-tree", tree, *parents, "-m", msg, env=IDENTITY).strip()
+    commit = work.git("commit-tree", tree, "-p", head, "-m", msg, env=IDENTITY).strip()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
     ref = f"{BACKUP_PREFIX}{work.name}/{stamp}"
     work.git("update-ref", "-m", "sandbox backup", ref, commit, "0" * 40)
     return Backup(ref=ref, commit=commit, name=work.name)
 
 
-def check_removable(sb: Sandbox, *, force: bool) -> None:
-    """Before removing: refuse (nothing touched) when work would be lost, unless ``force``."""
-    at_risk = risk(of(sb))
+def check_removable(mgr: SandboxManager, sb: Sandbox, *, force: bool) -> None:
+    """Before removing: bring the work over, then refuse (nothing touched) when it would be lost,
+    or cannot be read, unless ``force``."""
+    at_risk = risk(of(mgr, sb, strict=False))
     if at_risk and not force:
         raise Conflict(f"{sb.name} has {at_risk.describe()}",
                        hint=f"`sandbox merge {sb.name}` or `sandbox push {sb.name}`; --force saves a backup ref, then removes")
 
 
-def save_if_at_risk(sb: Sandbox) -> Backup | None:
-    """Once the container is gone (nothing writes any more): back up whatever would be lost."""
-    work = of(sb)
+def save_if_at_risk(mgr: SandboxManager, sb: Sandbox) -> Backup | None:
+    """Once the container is gone (nothing writes any more): read the final state and back up
+    whatever would be lost. Unreadable: raises, and the caller keeps the workspace."""
+    work = of(mgr, sb, strict=False)
+    if not work.readable:
+        if work.head and risk(replace(work, readable=True)):
+            backup(work)  # what was read last, before the caller gives up
+        raise AgentError(f"{sb.name}'s container is removed, but its final state cannot be read: {work.reason}",
+                         hint=f"its workspace is kept at {sb.worktree}; `sandbox gc --apply` tries again")
     return backup(work) if risk(work) else None
 
 
@@ -237,13 +243,13 @@ def restore(settings: Settings, repo_path: Path | None, name: str, ref: str | No
 
 
 # -- diff, apply, merge, push ----------------------------------------------------------------------------
-def diff(sb: Sandbox, *, stat: bool = False, uncommitted: bool = False) -> str:
-    work = of(sb)
-    tree = snapshot_tree(work)
-    old = worktree_head(work) if uncommitted else (work.base or worktree_head(work))
-    assert old is not None
+def diff(mgr: SandboxManager, sb: Sandbox, *, stat: bool = False, uncommitted: bool = False) -> str:
+    work = of(mgr, sb)
+    if work.head is None:
+        raise NotFound(f"branch {work.branch} of {work.name} no longer exists")
+    old = work.head if uncommitted else (work.base or work.head)
     opts = ["--stat"] if stat else ["--binary"]
-    return work.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", *opts, old, tree, "--")
+    return work.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", *opts, old, work.wip or work.head, "--")
 
 
 def _require_clean_main(repo: gitops.Repo) -> None:
@@ -253,17 +259,17 @@ def _require_clean_main(repo: gitops.Repo) -> None:
                        hint="commit or stash them first; nothing was changed")
 
 
-def apply(sb: Sandbox) -> list[str]:
+def apply(mgr: SandboxManager, sb: Sandbox) -> list[str]:
     """The agent's changes (committed since base + uncommitted) into the main checkout, not committed."""
-    work = of(sb)
+    work = of(mgr, sb)
     _require_clean_main(work.repo)
-    old = work.base or worktree_head(work)
-    assert old is not None
-    tree = snapshot_tree(work)
-    files = work.git("diff", "--name-only", "--no-renames", old, tree, "--").split()
+    old = work.base or work.head
+    new = work.wip or work.head
+    assert old is not None and new is not None
+    files = work.git("diff", "--name-only", "--no-renames", old, new, "--").split()
     if not files:
         return []
-    patch = work.git("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff", "--no-textconv", old, tree, "--")
+    patch = work.git("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff", "--no-textconv", old, new, "--")
     proc = gitops.git(work.repo.top, "apply", "--3way", "--whitespace=nowarn", "-", input=patch, check=False)
     if proc.returncode != 0:
         gitops.git(work.repo.top, "reset", "-q", "--hard", "HEAD")  # it was clean: back to exactly HEAD
@@ -274,44 +280,14 @@ def apply(sb: Sandbox) -> list[str]:
 
 
 def commit_uncommitted(work: Work) -> str | None:
-    """Commit the agent's uncommitted changes on its branch (from the host); the new head, or None."""
-    if not is_dirty(work):
+    """A commit (made by the host, in the host's repository) of the workspace's uncommitted state on
+    top of the agent's HEAD; None when there is nothing uncommitted. The agent's own repository is
+    not touched: in its workspace the changes stay uncommitted."""
+    if not work.dirty or work.head is None or work.wip is None:
         return None
-    work.in_worktree("add", "--all", "--", ".")
-    work.in_worktree("commit", "-q", "--no-verify", "-m", f"sandbox: uncommitted work of {work.name}")
-    if os.getuid() == 0 and work.uid:  # give the agent back the files root's commit (re)created
-        gitdir = gitops.worktree_gitdir(work.worktree)
-        _give_back(gitdir, ["index", "HEAD", "ORIG_HEAD", "COMMIT_EDITMSG", "logs/HEAD"], work.uid)
-        common = work.repo.common_dir
-        _give_back(common / "refs/heads/sandbox", [work.branch.removeprefix(BRANCH_PREFIX)], work.uid)
-        _give_back(common / "logs/refs/heads/sandbox", [work.branch.removeprefix(BRANCH_PREFIX)], work.uid)
-    return worktree_head(work)
-
-
-def _give_back(directory: Path, names: list[str], uid: int) -> None:
-    """chown exactly these files to ``uid``, never following a symlink the agent may have planted
-    (every path component is opened with O_NOFOLLOW, the file itself is lchown'ed)."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-    try:
-        top = os.open(directory, flags)
-    except OSError:
-        return
-    try:
-        for name in names:
-            *dirs, leaf = name.split("/")
-            fd = os.dup(top)
-            try:
-                for d in dirs:
-                    nxt = os.open(d, flags, dir_fd=fd)
-                    os.close(fd)
-                    fd = nxt
-                os.chown(leaf, uid, -1, dir_fd=fd, follow_symlinks=False)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
-    finally:
-        os.close(top)
+    tree = work.git("rev-parse", f"{work.wip}^{{tree}}").strip()
+    return work.git("commit-tree", tree, "-p", work.head, "-m", f"sandbox: uncommitted work of {work.name}",
+                    env=IDENTITY).strip()
 
 
 @contextmanager
@@ -357,11 +333,12 @@ def _conflict_files(cwd: Path, proc: subprocess.CompletedProcess[str]) -> str:
     return ", ".join(names[:5]) or (reason[0] if reason else "conflict")
 
 
-def merge(sb: Sandbox, *, mode: str = "merge", into: str | None = None, include_uncommitted: bool = False) -> Merged:
+def merge(mgr: SandboxManager, sb: Sandbox, *, mode: str = "merge", into: str | None = None,
+          include_uncommitted: bool = False) -> Merged:
     """Bring the agent's branch into the main checkout's branch (or ``into``); all or nothing."""
     if mode not in ("merge", "squash", "rebase"):
         raise UsageError(f"unknown merge mode {mode!r}")
-    work = of(sb)
+    work = of(mgr, sb)
     repo = work.repo
     current = gitops.git(repo.top, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.strip() or None
     target = into or current
@@ -376,7 +353,7 @@ def merge(sb: Sandbox, *, mode: str = "merge", into: str | None = None, include_
     elif target in _checked_out(repo):
         raise Conflict(f"branch {target} is checked out in {_checked_out(repo)[target]}", hint="merge there")
     committed = commit_uncommitted(work) if include_uncommitted else None
-    tip = _rev(repo, f"refs/heads/{work.branch}")
+    tip = committed or work.head
     if tip is None:
         raise NotFound(f"branch {work.branch} no longer exists")
     subject = work.task or work.branch
@@ -419,11 +396,11 @@ def merge(sb: Sandbox, *, mode: str = "merge", into: str | None = None, include_
         gitops.git(repo.top, "update-ref", f"refs/heads/{target}", new, before)
     after = _rev(repo, f"refs/heads/{target}") or before
     return Merged(target=target, before=before, after=after, mode=mode, committed_uncommitted=committed,
-                  left_uncommitted=is_dirty(work))
+                  left_uncommitted=work.dirty and not include_uncommitted)
 
 
-def push(sb: Sandbox, remote: str = "origin") -> str:
-    work = of(sb)
+def push(mgr: SandboxManager, sb: Sandbox, remote: str = "origin") -> str:
+    work = of(mgr, sb, snapshot=False)
     ref = f"refs/heads/{work.branch}"
     proc = gitops.git(work.repo.top, "push", "--porcelain", "--", remote, f"{ref}:{ref}", check=False)
     if proc.returncode != 0:
@@ -432,13 +409,13 @@ def push(sb: Sandbox, remote: str = "origin") -> str:
     return f"{remote}/{work.branch}"
 
 
-def pr(sb: Sandbox, remote: str = "origin", base: str | None = None) -> str:
+def pr(mgr: SandboxManager, sb: Sandbox, remote: str = "origin", base: str | None = None) -> str:
     """Push, then open a pull request with the GitHub CLI; returns its URL."""
     gh = shutil.which("gh")
     if gh is None:
         raise SandboxError("the GitHub CLI `gh` is not installed", hint=f"install it, or `sandbox push {sb.name}`")
-    work = of(sb)
-    push(sb, remote)
+    push(mgr, sb, remote)
+    work = of(mgr, sb, snapshot=False)
     log = work.git("log", "--reverse", "--format=- %s", f"{work.base}..refs/heads/{work.branch}") if work.base else ""
     title = work.task or f"Work of agent {work.name}"
     body = f"{work.task}\n\nCommits:\n{log}\n_Opened by `sandbox pr {work.name}`._\n"
@@ -454,44 +431,24 @@ def pr(sb: Sandbox, remote: str = "origin", base: str | None = None) -> str:
 # -- gc ------------------------------------------------------------------------------------------------
 @dataclass
 class Action:
-    kind: str      # container | worktree | registration | branch | keep
+    kind: str      # container | workspace | branch | keep
     target: str
     detail: str = ""
     run: Callable[[], str | None] | None = field(default=None, repr=False)
 
 
-def _registrations(repo: gitops.Repo) -> list[tuple[Path, Path]]:
-    """(worktree path, admin dir) for every worktree registration of the repository."""
-    found = []
-    root = repo.common_dir / "worktrees"
-    for admin in sorted(root.iterdir()) if root.is_dir() else []:
-        gitfile = admin / "gitdir"
-        if admin.is_symlink() or not gitfile.is_file() or gitfile.is_symlink():
-            continue
-        found.append((Path(gitfile.read_text().strip()).parent, admin))
-    return found
-
-
-def _ours(path: Path, settings: Settings) -> bool:
-    root = (settings.data_dir / "worktrees").absolute()
-    return path.absolute().is_relative_to(root) and len(path.absolute().relative_to(root).parts) == 2
-
-
 def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = False) -> list[Action]:
     """Plan the cleanup (nothing changes until each action's ``run`` is called)."""
-    settings = mgr.settings
-    every = [mgr._snapshot(c) for c in mgr.engine.list_containers(L.managed_filter())]
-    mine = mgr.list()
+    every = mgr.list(any_run=True, sync=False)
+    mine = mgr.list(sync=False)
+    mgr.refresh_branches(mine, force=True)  # what a branch holds is decided on the agents' latest commits
     if all_repos:
-        repos = {(s.repo, s.labels.get(L.GITDIR, "")) for s in mine}
-        repo_list = [gitops.Repo(Path(t), Path(g)) for t, g in sorted(repos) if Path(g).is_dir()]
-        for slug_dir in sorted((settings.data_dir / "worktrees").glob("*")):
-            for wt in sorted(slug_dir.iterdir()):
-                try:
-                    found = gitops.find_repo(wt) if (wt / ".git").is_file() and not (wt / ".git").is_symlink() else None
-                except SandboxError:
-                    found = None
-                if found and found not in repo_list:
+        repo_list = sorted({mgr.repo_of(s) for s in mine if Path(s.labels.get(L.GITDIR, "")).is_dir()},
+                           key=lambda r: str(r.top))
+        for slug_dir in _dirs(mgr.settings.data_dir / "workspaces"):
+            for ws in _dirs(slug_dir):
+                found = _repo_of_workspace(mgr, ws)
+                if found is not None and found not in repo_list:
                     repo_list.append(found)
     else:
         repo_list = [gitops.find_repo(repo_path or Path.cwd())]
@@ -501,58 +458,83 @@ def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = Fal
     return actions
 
 
-def _drop_container(mgr: SandboxManager, s: Sandbox) -> None:
-    mgr.engine.remove(s.container_id, force=True)
-    shutil.rmtree(s.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
+def _dirs(path: Path) -> list[Path]:
+    """Real subdirectories (no symlinks), sorted; none when ``path`` is not a real directory."""
+    if not path.is_dir() or path.is_symlink():
+        return []
+    return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
+
+
+def _repo_of_workspace(mgr: SandboxManager, ws: Path) -> gitops.Repo | None:
+    """The host repository an orphaned workspace came from, from the host's own record (never from
+    a file the agent could write)."""
+    top = mgr.repo_record(ws.parent.name)
+    if top is None:
+        return None
+    try:
+        found = gitops.find_repo(top)
+    except SandboxError:
+        return None
+    return found if found.slug == ws.parent.name else None
 
 
 def _gc_repo(mgr: SandboxManager, repo: gitops.Repo, mine: list[Sandbox], every: list[Sandbox]) -> list[Action]:
+    from sandbox.manager import Source
+
     settings = mgr.settings
     actions: list[Action] = []
-    live_worktrees = {s.labels.get(L.WORKTREE) for s in every}
+    live = {s.labels.get(L.WORKTREE) for s in every}
     gone: set[str] = set()
-    # 1. our containers whose worktree is gone
+    # 1. our containers whose workspace is gone (its commits are brought over first)
     for s in mine:
         if not s.worktree.exists():
             gone.add(s.container_id)
-            actions.append(Action("container", s.container_name, f"worktree {s.worktree} is gone",
-                                  run=lambda s=s: _drop_container(mgr, s)))
-    # 2. our worktrees with no container (saved first when they hold uncommitted changes)
-    regs = _registrations(repo)
-    admin_of = {p.absolute(): a for p, a in regs}
-    slug_dir = settings.data_dir / "worktrees" / repo.slug
-    orphans: set[Path] = set()
-    for wt in sorted(slug_dir.iterdir()) if slug_dir.is_dir() else []:
-        if str(wt) in live_worktrees or wt.is_symlink() or not wt.is_dir():
-            continue
-        orphans.add(wt.absolute())
-        admin = admin_of.get(wt.absolute())
-        work = Work(name=wt.name, repo=repo, branch=BRANCH_PREFIX + wt.name, base=None, worktree=wt)
-        dirty = admin is not None and is_dirty(work)
 
-        def drop(work: Work = work, admin: Path | None = admin, dirty: bool = dirty) -> str | None:
-            saved = backup(work) if dirty else None
-            gitops.worktree_remove(repo, work.worktree, admin)
+            def drop_container(s: Sandbox = s) -> str | None:
+                src = mgr.source(s)
+                mgr.sync(src, snapshot=False)
+                mgr.engine.remove(s.container_id, force=True)
+                mgr.drop_workspace(src)
+                shutil.rmtree(s.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
+                return None
+            actions.append(Action("container", s.container_name, f"workspace {s.worktree} is gone", run=drop_container))
+    # 2. our workspaces with no container: read once more (a reader container), saved when at risk
+    slug_dir = settings.data_dir / "workspaces" / repo.slug
+    for ws in _dirs(slug_dir):
+        if str(ws) in live:
+            continue
+        src = Source(name=ws.name, repo=repo, branch=BRANCH_PREFIX + ws.name, workspace=ws,
+                     agent_git=settings.data_dir / "agent-git" / repo.slug / ws.name,
+                     uid=os.lstat(ws).st_uid or settings.uid_gid()[0], image=settings.image)
+        work = read(mgr, src)
+        if not work.readable:
+            actions.append(Action("keep", str(ws), f"no container, and its work cannot be read: {work.reason}"))
+            continue
+        at_risk = risk(work)
+
+        def drop(src: Source = src, work: Work = work, at_risk: Risk = at_risk) -> str | None:
+            saved = backup(work) if at_risk else None
+            mgr.drop_workspace(src)
             return f"saved first as {saved.ref}" if saved else None
-        actions.append(Action("worktree", str(wt), "no container" + (", uncommitted changes backed up first" if dirty else ""),
-                              run=drop))
-    # 3. stale registrations of our worktree paths
-    for path, admin in regs:
-        if _ours(path, settings) and not path.exists():
-            orphans.add(path.absolute())
-            actions.append(Action("registration", str(path), f"stale worktree record {admin.name}",
-                                  run=lambda admin=admin: shutil.rmtree(admin)))  # type: ignore[func-returns-value]
-    # 4. sandbox/* branches of removed agents that are merged
+        actions.append(Action("workspace", str(ws), "no container" + (
+            f", {at_risk.describe()} backed up first" if at_risk else ""), run=drop))
+    # 3. sandbox/* branches of removed agents that are merged (and their workspace snapshots)
     live_branches = {s.branch for s in every if s.container_id not in gone and s.repo == str(repo.top)}
-    checked = {b for b, p in _checked_out(repo).items() if p.absolute() not in orphans}
+    checked = set(_checked_out(repo))
     for ref in gitops.git(repo.top, "for-each-ref", "--format=%(refname)", "refs/heads/" + BRANCH_PREFIX).stdout.split():
         branch = ref[len("refs/heads/"):]
+        name = branch[len(BRANCH_PREFIX):]
         if branch in live_branches or branch in checked:
             continue
         unsaved = unsaved_commits(repo, ref)
         if unsaved:
             actions.append(Action("keep", branch, f"{len(unsaved)} commit(s) neither merged nor pushed"))
         else:
-            actions.append(Action("branch", branch, "merged",
-                                  run=lambda branch=branch: gitops.branch_delete(repo, branch)))  # type: ignore[func-returns-value]
+            def drop_branch(branch: str = branch, name: str = name) -> str | None:
+                if unsaved_commits(repo, f"refs/heads/{branch}"):  # moved since the plan: keep it
+                    return "kept: it holds new commits"
+                gitops.branch_delete(repo, branch)
+                gitops.ref_delete(repo, wip_ref(name))
+                return None
+            actions.append(Action("branch", branch, "merged", run=drop_branch))
     return actions

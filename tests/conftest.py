@@ -167,10 +167,11 @@ def wait_for(check: Callable[[], object], timeout: float = 60, what: str = "cond
 
 
 def leftovers(env: Env, repo: Path) -> dict[str, list[str]]:
-    """What a failed command might have left behind: containers, worktrees, branches."""
+    """What a failed command might have left behind: containers, workspaces (and the agents' git
+    dirs), branches, worktree records."""
     containers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}",
                                  "--filter", f"label=sandbox.repo={repo}"], capture_output=True, text=True).stdout.split()
-    worktrees = [str(p) for p in (env.data / "worktrees").glob("*/*")] if (env.data / "worktrees").exists() else []
+    worktrees = [str(p) for d in ("workspaces", "agent-git") for p in (env.data / d).glob("*/*")]
     branches = git(repo, "branch", "--list", "sandbox/*").split() if (repo / ".git").exists() else []
     registered = [line for line in git(repo, "worktree", "list", "--porcelain").splitlines()
                   if line.startswith("worktree ")][1:] if (repo / ".git").exists() else []

@@ -27,7 +27,9 @@ def test_claude_spawn_commit_send_logs_rm(env: Env, repo: Path) -> None:
     branch = f"sandbox/{name}"
 
     # The scripted model makes Claude Code write a file and commit it: both land on the host's branch.
-    wait_for(lambda: "SANDBOX_TASK.md" in git(repo, "ls-tree", "--name-only", branch), 90, "the agent's commit")
+    # (`ls` brings the agent's commits over: the host never reads the agent's git any other way)
+    wait_for(lambda: env.ok("ls", cwd=repo) and "SANDBOX_TASK.md" in git(repo, "ls-tree", "--name-only", branch),
+             90, "the agent's commit")
     assert git(repo, "show", f"{branch}:SANDBOX_TASK.md") == "# Task\n\nadd login rate limiting\n"
     assert "sandbox: add login rate limiting" in git(repo, "log", "-1", "--format=%s", branch)
     assert git(repo, "log", "-1", "--format=%an <%ae>", branch).strip() == "Test User <test@example.invalid>"
@@ -46,7 +48,8 @@ def test_claude_spawn_commit_send_logs_rm(env: Env, repo: Path) -> None:
     env.ok("send", name, "now write the docs", cwd=repo)
     wait_for(lambda: env.ok("logs", name).out.count("Done: wrote SANDBOX_TASK.md") >= 2, 90, "second answer")
     assert "now write the docs" in env.ok("logs", name).out
-    wait_for(lambda: "now write the docs" in git(repo, "log", "-1", "--format=%s", branch), 60, "second commit")
+    wait_for(lambda: env.ok("ls", cwd=repo) and "now write the docs" in git(repo, "log", "-1", "--format=%s", branch),
+             60, "second commit")
 
     worktree = Path(row["worktree"])
     assert worktree.is_dir()
@@ -83,10 +86,11 @@ def test_exec_attach_command_and_lifecycle(env: Env, repo: Path) -> None:
     res = env.run("exec", name, "--", "sh", "-c", "id -u; echo x > a.txt && git add a.txt && git commit -qm agent-commit")
     assert res.code == 0, res.err
     assert res.out.strip() != "0"
-    assert git(repo, "log", "-1", "--format=%s", "sandbox/worker").strip() == "agent-commit"
 
+    # Stopped before any sandbox command looked: `ls` brings the commit over with a reader container.
     assert env.ok("stop", name).out.strip() in ("stopped", "exited")
     assert env.ok("ls", "--json", cwd=repo).json()[0]["engine_state"] == "exited"
+    assert git(repo, "log", "-1", "--format=%s", "sandbox/worker").strip() == "agent-commit"
     assert env.ok("start", name).out.strip() in ("busy", "idle")
     env.ok("send", name, "echo again-$((7*7))")
     wait_for(lambda: "again-49" in env.ok("logs", name).out, 20, "typing after restart")
@@ -111,6 +115,7 @@ def test_worktree_under_a_private_home_is_reachable(env: Env, repo: Path) -> Non
                       extra=extra)
         assert res.code == 0, res.err
         assert res.out.strip().startswith(str(data))
+        env.ok("sync", name, extra=extra)
         assert git(repo, "log", "-1", "--format=%s", f"sandbox/{name}").strip() == "home"
         env.ok("rm", "--force", name, extra=extra)
     finally:

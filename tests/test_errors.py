@@ -26,7 +26,7 @@ def test_not_a_git_repository(env: Env, tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
     one_line_error(env.run("spawn", "--agent-cmd", "bash", "x", cwd=plain), 3, "not a git repository")
-    assert not (env.data / "worktrees").exists()
+    assert not (env.data / "workspaces").exists()
 
 
 def test_repository_without_commits(env: Env, tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_image_missing(env: Env, repo: Path) -> None:
 def test_worktree_path_already_there(env: Env, repo: Path) -> None:
     from sandbox.gitops import find_repo
 
-    target = env.data / "worktrees" / find_repo(repo).slug / "taken"
+    target = env.data / "workspaces" / find_repo(repo).slug / "taken"
     target.mkdir(parents=True)
     (target / "precious.txt").write_text("mine\n")
     one_line_error(env.run("spawn", "--name", "taken", "--agent-cmd", "bash", cwd=repo), 3, "already exists")

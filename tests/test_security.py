@@ -62,32 +62,26 @@ def test_agent_is_unprivileged_and_has_no_socket_or_home(env: Env, repo: Path) -
     env.ok("rm", name)
 
 
-def test_agent_cannot_plant_code_that_host_git_runs(env: Env, repo: Path, tmp_path: Path) -> None:
+def test_agent_cannot_reach_the_hosts_git(env: Env, repo: Path, tmp_path: Path) -> None:
+    """The host's .git is not in the container (only its objects, read-only); the workspace's .git
+    file is read-only. What the agent does to its own repository stays there (see test_hostile.py)."""
     name = env.ok("spawn", "--agent-cmd", "bash", cwd=repo).out.strip()
-    worktree = Path(env.ok("ls", "--json", cwd=repo).json()[0]["worktree"])
     marker = tmp_path / "PWNED"
     gitdir = repo / ".git"
     attempts = [
-        f"printf '#!/bin/sh\\ntouch {marker}\\n' > {gitdir}/hooks/post-commit && chmod +x {gitdir}/hooks/post-commit",
-        f"git config core.hooksPath {worktree}/evilhooks",
-        f"git config core.fsmonitor 'touch {marker}'",
-        f"git config core.pager 'touch {marker}; cat'",
+        f"printf '#!/bin/sh\\ntouch {marker}\\n' > {gitdir}/hooks/post-commit",
         f"git config --file {gitdir}/config alias.st '!touch {marker}'",
-        f"echo 'gitdir: {worktree}/evil' > .git",
+        f"touch {gitdir}/objects/planted",
+        f"rm -f {gitdir}/objects/*/*",
+        "echo 'gitdir: /tmp/evil' > .git",
+        "rm -f .git",
     ]
     for cmd in attempts:
         res = env.run("exec", name, "--", "sh", "-c", cmd)
         assert res.code != 0, f"the agent managed to run: {cmd}"
-    # Hooks the agent may legitimately make for itself inside its worktree do not reach the host.
-    env.ok("exec", name, "--", "sh", "-c", f"mkdir -p evilhooks && printf '#!/bin/sh\\ntouch {marker}\\n' > "
-           "evilhooks/post-commit && chmod +x evilhooks/post-commit && git add -A && git commit -qm planted")
-    # The user works on the host: in the main checkout and in the agent's worktree.
-    git(repo, "status")
-    git(repo, "commit", "-q", "--allow-empty", "-m", "host commit")
-    git(repo, "-c", f"safe.directory={worktree}", "-C", str(worktree), "status")
-    git(repo, "log", "-1", "sandbox/" + name)
-    assert not marker.exists()
-    env.ok("rm", "--force", name)  # the planted commit is unmerged: backed up, then removed
+    assert env.ok("exec", name, "--", "git", "status", "--short", "--branch").out.startswith(f"## sandbox/{name}")
+    git(repo, "fsck", "--strict")
+    env.ok("rm", name)
     assert not marker.exists()
 
 
@@ -176,5 +170,6 @@ def test_locked_profile_has_no_network_and_a_read_only_root(env: Env, repo: Path
     # The worktree stays writable and git still commits onto the host's branch.
     res = env.run("exec", name, "--", "sh", "-c", "echo x > f.txt && git add f.txt && git commit -qm locked-commit")
     assert res.code == 0, res.err
+    env.ok("ls", cwd=repo)  # any sandbox command brings the agent's commits over
     assert git(repo, "log", "-1", "--format=%s", f"sandbox/{name}").strip() == "locked-commit"
     env.ok("rm", "--force", name)  # locked-commit is unmerged: rm needs --force (backup) since issue #4

@@ -51,8 +51,13 @@ def state(repo: Path, env: Env) -> dict[str, object]:
     """Everything gc could change, for before/after comparisons."""
     ids = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=sandbox.repo={repo}"],
                          capture_output=True, text=True).stdout.split()
-    wts = sorted(str(p) for p in (env.data / "worktrees").glob("*/*"))
-    return {"containers": sorted(ids), "refs": git(repo, "for-each-ref"), "worktrees": wts,
+    wts = sorted(str(p) for d in ("workspaces", "agent-git") for p in (env.data / d).glob("*/*"))
+    # A dry run may bring agents' work over (fetch into sandbox/* and refs/sandbox/wip/*) but never
+    # removes a ref: the refs it may move are compared by name only.
+    refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
+    copies = ("refs/heads/sandbox/", "refs/sandbox/wip/")
+    refs = [r.split()[0] if r.startswith(copies[0]) else r for r in refs if not r.startswith(copies[1])]
+    return {"containers": sorted(ids), "refs": refs, "worktrees": wts,
             "registered": git(repo, "worktree", "list", "--porcelain"),
             "admin": sorted(p.name for p in (repo / ".git" / "worktrees").glob("*"))}
 
@@ -98,6 +103,7 @@ def test_diff_then_merge_plain_squash_rebase(env: Env, repo: Path) -> None:
     (repo / "main.txt").write_text("main moved\n")
     git(repo, "add", "main.txt")
     git(repo, "commit", "-qm", "main moves")
+    env.ok("sync", c)
     agent_tip = head(repo, f"sandbox/{c}")
     before = head(repo)
     env.ok("merge", c, "--rebase", cwd=repo)
@@ -107,11 +113,15 @@ def test_diff_then_merge_plain_squash_rebase(env: Env, repo: Path) -> None:
     assert head(repo, f"sandbox/{c}") == agent_tip
     env.ok("rm", c)  # rebased counts as merged
 
-    # --include-uncommitted commits the agent's untracked file on its branch first.
-    env.ok("merge", a, "--include-uncommitted", cwd=repo)
+    # --include-uncommitted merges the workspace as it is (the untracked file too); the agent's own
+    # repository is not touched, and the agent keeps working.
+    agent_branch = head(repo, f"sandbox/{a}")
+    res = env.ok("merge", a, "--include-uncommitted", cwd=repo)
+    assert "merged" in res.err and "uncommitted changes as commit" in res.err
     assert (repo / "u.txt").read_text() == "untracked\n"
-    assert sh(env, a, "git status --porcelain").strip() == ""  # the agent's index follows
-    commit(env, a, "after.txt", "x", "agent keeps working")  # and the agent can still commit (ownership)
+    assert head(repo, f"sandbox/{a}") == agent_branch
+    assert sh(env, a, "git status --porcelain").strip() == "?? u.txt"
+    commit(env, a, "after.txt", "x", "agent keeps working")
 
     # Conflicts: nothing half-done in any mode.
     d, _ = spawn(env, repo, "conflict")
@@ -216,13 +226,14 @@ def test_rm_refuses_then_force_backs_up_and_restore_is_byte_exact(env: Env, repo
 
 
 def test_gc_after_a_crash_touches_only_ours(env: Env, repo: Path, tmp_path: Path) -> None:
-    # g1: squash-merged by hand, then its container removed by hand -> orphan worktree + merged branch.
+    # g1: squash-merged by hand, then its container removed by hand -> orphan workspace + merged branch.
     g1, w1 = spawn(env, repo, "sq")
     commit(env, g1, "g1.txt", "g1", "g1 work")
+    env.ok("sync", g1)
     git(repo, "merge", "--squash", f"sandbox/{g1}")
     git(repo, "commit", "-qm", "squash of g1")
     subprocess.run(["docker", "rm", "-f", f"sandbox-{g1}"], check=True, capture_output=True)
-    # g2: its worktree deleted by hand -> orphan container + stale record; unmerged branch kept.
+    # g2: its workspace deleted by hand -> orphan container; its unmerged commit is fetched, the branch kept.
     g2, w2 = spawn(env, repo, "gone")
     commit(env, g2, "g2.txt", "g2", "g2 work")
     subprocess.run(["rm", "-rf", str(w2)], check=True)
@@ -242,17 +253,16 @@ def test_gc_after_a_crash_touches_only_ours(env: Env, repo: Path, tmp_path: Path
         git(repo, "worktree", "add", "-q", "--detach", str(tmp_path / "foreign-gone"))
         subprocess.run(["rm", "-rf", str(tmp_path / "foreign-gone")], check=True)
         git(repo, "branch", "feature-merged")  # merged, but not ours
-        (env.data / "worktrees" / "other-repo" / "x").mkdir(parents=True)  # another repository's slot
+        (env.data / "workspaces" / "other-repo" / "x").mkdir(parents=True)  # another repository's slot
 
         before = state(repo, env)
         res = env.ok("gc", cwd=repo)
         assert state(repo, env) == before, "the dry run changed something"
         lines = sorted(res.out.splitlines())
         expected = sorted([
-            f"would rm  container    sandbox-{g2}  (worktree {w2} is gone)",
-            f"would rm  worktree     {w1}  (no container)",
-            f"would rm  worktree     {w3}  (no container, uncommitted changes backed up first)",
-            f"would rm  registration {w2}  (stale worktree record {g2})",
+            f"would rm  container    sandbox-{g2}  (workspace {w2} is gone)",
+            f"would rm  workspace    {w1}  (no container)",
+            f"would rm  workspace    {w3}  (no container, uncommitted changes backed up first)",
             f"would rm  branch       sandbox/{g1}  (merged)",
             f"would rm  branch       sandbox/{g3}  (merged)",
             f"keep      sandbox/{g2}  (1 commit(s) neither merged nor pushed)",
@@ -264,12 +274,12 @@ def test_gc_after_a_crash_touches_only_ours(env: Env, repo: Path, tmp_path: Path
         res = env.ok("gc", "--apply", cwd=repo)
         assert not exists(f"sandbox-{g2}") and exists(f"sandbox-{g4}") and exists(foreign_c)
         assert not w1.exists() and not w3.exists() and w4.is_dir()
-        assert (tmp_path / "foreign-wt").is_dir() and (env.data / "worktrees" / "other-repo" / "x").is_dir()
+        assert (tmp_path / "foreign-wt").is_dir() and (env.data / "workspaces" / "other-repo" / "x").is_dir()
+        assert sorted(p.name for p in (env.data / "agent-git").glob("*/*")) == [g4]
         branches = git(repo, "branch", "--format=%(refname:short)").split()
         assert f"sandbox/{g1}" not in branches and f"sandbox/{g3}" not in branches
         assert {f"sandbox/{g2}", f"sandbox/{g4}", "feature-merged", "foreign-wt"} <= set(branches)
-        registered = git(repo, "worktree", "list", "--porcelain")
-        assert str(w2) not in registered and str(tmp_path / "foreign-gone") in registered
+        assert str(tmp_path / "foreign-gone") in git(repo, "worktree", "list", "--porcelain")
         (ref,) = git(repo, "for-each-ref", "--format=%(refname)", f"refs/sandbox/backup/{g3}/").split()
         assert git(repo, "show", f"{ref}:wip.txt") == "unsaved"
         assert "saved first as refs/sandbox/backup/" in res.out
@@ -312,7 +322,8 @@ def test_planted_symlink_is_never_followed(env: Env, repo: Path, tmp_path: Path)
 def test_claude_commit_then_diff_merge_rm(env: Env, repo: Path) -> None:
     name = env.ok("spawn", "--name", uniq("cl"), "--model", "sonnet", "write the task file", cwd=repo).out.strip()
     branch = f"sandbox/{name}"
-    wait_for(lambda: "SANDBOX_TASK.md" in git(repo, "ls-tree", "--name-only", branch), 90, "Claude Code's commit")
+    wait_for(lambda: env.ok("sync", name) and "SANDBOX_TASK.md" in git(repo, "ls-tree", "--name-only", branch),
+             90, "Claude Code's commit")
     assert "+++ b/SANDBOX_TASK.md" in env.ok("diff", name).out
     env.ok("merge", name, "--squash", cwd=repo)
     assert (repo / "SANDBOX_TASK.md").read_text() == "# Task\n\nwrite the task file\n"

@@ -1,0 +1,207 @@
+"""The agent is the adversary: git attacks performed from inside a real container, then every host
+command that reads its work. Nothing the agent planted may run on the host, no host-only content
+may reach an output, nothing may hang, and the host's repository must stay intact (``git fsck
+--strict``; ``main`` and other agents' branches unchanged).
+
+Planted commands would create files in a host directory (``markers/``) that is mounted in no
+container, so a marker can only appear if a host process ran the agent's code.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Env, git
+
+pytestmark = pytest.mark.slow
+BOUND = 90  # seconds: no host command may take longer (a hang is a failure, not a stuck CI)
+
+
+def run(env: Env, *args: str, cwd: Path | None = None) -> tuple[int, str]:
+    res = env.run(*args, cwd=cwd, timeout=BOUND)
+    return res.code, res.out + res.err
+
+
+def sh(env: Env, name: str, script: str) -> str:
+    res = env.run("exec", name, "--", "sh", "-c", script, timeout=BOUND)
+    assert res.code == 0, f"{script}: {res.err}"
+    return res.out
+
+
+def plant(env: Env, name: str, markers: Path) -> None:
+    """Everything an agent can set in its own repository and workspace to make git run code."""
+    evil = f"#!/bin/sh\\ntouch {markers}/ran-$1 2>/dev/null; cat\\n"
+    script = "; ".join([
+        "set -e",
+        f"printf '{evil}' > evil.sh && chmod +x evil.sh",
+        "W=$PWD",
+        # its own config: every key that makes git run a command
+        "git config filter.x.clean \"$W/evil.sh clean\"",
+        "git config filter.x.smudge \"$W/evil.sh smudge\"",
+        "git config filter.x.process \"$W/evil.sh process\"",
+        "git config diff.x.textconv \"$W/evil.sh textconv\"",
+        "git config diff.external \"$W/evil.sh external\"",
+        "git config merge.x.driver \"$W/evil.sh merge\"",
+        "git config core.fsmonitor \"$W/evil.sh fsmonitor\"",
+        "git config core.hooksPath \"$W/hooks\"",
+        "git config core.pager \"$W/evil.sh pager\"",
+        "git config core.sshCommand \"$W/evil.sh ssh\"",
+        "git config core.askPass \"$W/evil.sh askpass\"",
+        "git config uploadpack.packObjectsHook \"$W/evil.sh packobjects\"",
+        "git config alias.status \"!$W/evil.sh alias\"",
+        "printf '[core]\\n\\tfsmonitor = %s/evil.sh include\\n' \"$W\" > inc.cfg",
+        "git config include.path \"$W/inc.cfg\"",
+        # hooks, in its git dir and in the hooksPath
+        "mkdir -p hooks",
+        "for h in pre-commit post-commit post-checkout reference-transaction pre-push post-merge; do "
+        "printf '#!/bin/sh\\n%s/evil.sh hook-%s\\n' \"$W\" $h > hooks/$h; chmod +x hooks/$h; "
+        "cp hooks/$h \"$(git rev-parse --git-dir)/hooks/$h\" 2>/dev/null || "
+        "{ mkdir -p \"$(git rev-parse --git-dir)/hooks\" && cp hooks/$h \"$(git rev-parse --git-dir)/hooks/$h\"; }; done",
+        # a commondir pointing at a directory of its making, as the probe did with the shared .git
+        "mkdir -p evilcommon && git config --file evilcommon/config filter.x.clean \"$W/evil.sh commondir\"",
+        "printf '%s/evilcommon\\n' \"$W\" > \"$(git rev-parse --git-dir)/commondir.planted\"",
+        # attributes that name the drivers: committed, and in the uncommitted state too
+        "printf '* filter=x diff=x merge=x\\n' > .gitattributes",
+        "echo committed > c.txt",
+        "git -c core.hooksPath=/dev/null add -A && git -c core.hooksPath=/dev/null commit -qm planted --no-verify",
+        "echo uncommitted >> c.txt && echo new > untracked.txt",
+    ])
+    sh(env, name, script)
+
+
+def assert_intact(repo: Path, main_before: str, others: dict[str, str], markers: Path) -> None:
+    assert sorted(p.name for p in markers.iterdir()) == [], "a planted command ran on the host"
+    git(repo, "fsck", "--strict", "--no-dangling")
+    assert git(repo, "rev-parse", "main").strip() == main_before
+    for branch, sha in others.items():
+        assert git(repo, "rev-parse", branch).strip() == sha, f"{branch} moved"
+
+
+@pytest.fixture
+def markers(tmp_path: Path) -> Path:
+    path = tmp_path / "markers"
+    path.mkdir()
+    path.chmod(0o777)
+    return path
+
+
+def victim(env: Env, repo: Path) -> tuple[str, dict[str, str]]:
+    """Another agent with committed work on its host branch (which no other agent may touch)."""
+    name = env.ok("spawn", "--name", f"victim-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
+    sh(env, name, "echo mine > v.txt && git add v.txt && git commit -qm victim-work")
+    env.ok("sync", name)
+    return name, {f"sandbox/{name}": git(repo, "rev-parse", f"sandbox/{name}").strip()}
+
+
+@pytest.mark.parametrize("profile", ["default", "locked"])
+def test_planted_git_config_hooks_attributes_never_run_on_the_host(
+        env: Env, repo: Path, tmp_path: Path, markers: Path, profile: str) -> None:
+    git(repo, "branch", "release")
+    other, others = victim(env, repo)
+    others["release"] = git(repo, "rev-parse", "release").strip()
+    main_before = git(repo, "rev-parse", "main").strip()
+    name = env.ok("spawn", "--name", f"evil-{uuid.uuid4().hex[:6]}", "--profile", profile, "--agent-cmd", "bash",
+                  cwd=repo).out.strip()
+    plant(env, name, markers)
+    # The agent also tries the host's side directly: the host's .git is not there, its objects are read-only.
+    for attempt in (f"touch {repo}/.git/config", f"touch {repo}/.git/objects/x",
+                    f"git update-ref refs/heads/sandbox/{other} HEAD && test -e {repo}/.git/refs/heads/sandbox/{other}"):
+        assert env.run("exec", name, "--", "sh", "-c", attempt, timeout=BOUND).code != 0, attempt
+
+    # Every host command that reads the agent's work.
+    for args in (["ls"], ["ls", "--json"], ["sync", name], ["diff", name], ["diff", name, "--stat"],
+                 ["diff", name, "--uncommitted"], ["gc"]):
+        code, out = run(env, *args, cwd=repo)
+        assert code == 0, (args, out)
+    diff = run(env, "diff", name, cwd=repo)[1]
+    assert "+++ b/untracked.txt" in diff and "+uncommitted" in diff and "+++ b/.gitattributes" in diff
+    assert run(env, "rm", name, cwd=repo)[0] == 5  # refused: unmerged and uncommitted work
+    code, out = run(env, "merge", name, "--include-uncommitted", "--into", "release", cwd=repo)
+    assert code == 0, out
+    assert git(repo, "show", "release:untracked.txt") == "new\n"
+    others["release"] = git(repo, "rev-parse", "release").strip()
+    code, out = run(env, "apply", name, cwd=repo)
+    assert code == 0 and "c.txt" in out, out
+    git(repo, "reset", "-q", "--hard")
+    git(repo, "clean", "-qfdx")
+    code, out = run(env, "rm", "--force", name, cwd=repo)
+    assert code == 0 and "refs/sandbox/backup/" in out, out
+    code, out = run(env, "restore", name, "--path", str(tmp_path / "restored"), cwd=repo)
+    assert code == 0, out
+    assert (tmp_path / "restored" / "untracked.txt").read_text() == "new\n"
+    code, out = run(env, "gc", "--apply", cwd=repo)
+    assert code == 0, out
+    assert_intact(repo, main_before, others, markers)
+    env.ok("rm", "--force", other)
+
+
+def test_object_substitution_and_forged_head_do_not_reach_the_users_history(
+        env: Env, repo: Path, markers: Path) -> None:
+    other, others = victim(env, repo)
+    main_before = git(repo, "rev-parse", "main").strip()
+    blob = git(repo, "rev-parse", "main:README.md").strip()
+    name = env.ok("spawn", "--name", f"subst-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
+    # 1. A valid object of other content under the README blob's name, in the agent's own store (the
+    #    host's store is read-only: the same write there fails).
+    fake = "import zlib,sys; sys.stdout.buffer.write(zlib.compress(b'blob 7\\x00HACKED\\n'))"
+    sh(env, name, f"G=$(git rev-parse --git-dir); mkdir -p $G/objects/{blob[:2]} && "
+                  f"python3 -c \"{fake}\" > $G/objects/{blob[:2]}/{blob[2:]}")
+    host_obj = f"{repo}/.git/objects/{blob[:2]}/{blob[2:]}"
+    assert env.run("exec", name, "--", "sh", "-c", f"python3 -c \"{fake}\" > {host_obj}").code != 0
+    # 2. A forged HEAD: the agent's HEAD names a branch "main" of its own, with its commit on it.
+    sh(env, name, "git checkout -q -b main && echo forged > f.txt && git add f.txt && git commit -qm forged "
+                  "&& echo dirty > d.txt")
+    for args in (["ls"], ["diff", name], ["merge", name, "--include-uncommitted", "--into", "side"]):
+        if args[0] == "merge":
+            git(repo, "branch", "side")
+        code, out = run(env, *args, cwd=repo)
+        assert code == 0, (args, out)
+        assert "HACKED" not in out
+    assert git(repo, "show", "side:f.txt") == "forged\n" and git(repo, "show", "side:d.txt") == "dirty\n"
+    # The user's own checkout and history are the originals.
+    (repo / "README.md").write_text("scratch\n")
+    git(repo, "checkout", "--", "README.md")
+    assert (repo / "README.md").read_text() == "# demo\n"
+    assert git(repo, "cat-file", "blob", blob) == "# demo\n"
+    assert_intact(repo, main_before, others, markers)
+    env.ok("rm", "--force", name)
+    env.ok("rm", "--force", other)
+
+
+def test_malformed_objects_are_refused_by_the_hosts_fetch(env: Env, repo: Path, markers: Path) -> None:
+    """A .gitmodules that abuses option parsing (a url starting with '-') is refused by the host's
+    fsck of everything it receives: the sync fails with a reason, the host branch does not move."""
+    main_before = git(repo, "rev-parse", "main").strip()
+    name = env.ok("spawn", "--name", f"mod-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
+    before = git(repo, "rev-parse", f"sandbox/{name}").strip()
+    sh(env, name, f"printf '[submodule \"x\"]\\n\\tpath = x\\n\\turl = --upload-pack=touch {markers}/ran-url\\n'"
+                  " > .gitmodules && git add .gitmodules && git commit -qm modules")
+    code, out = run(env, "sync", name, cwd=repo)
+    assert code == 8 and "cannot read its work" in out, out
+    assert git(repo, "rev-parse", f"sandbox/{name}").strip() == before
+    code, out = run(env, "rm", name, cwd=repo)
+    assert code == 5 and "cannot be read" in out, out  # unreadable work is never deleted silently
+    assert_intact(repo, main_before, {}, markers)
+    env.ok("rm", "--force", name)
+
+
+def test_agent_tools_cannot_hang_or_flood_the_host(env: Env, repo: Path) -> None:
+    """An export that never answers, or answers without end, is bounded by the host's fetch."""
+    name = env.ok("spawn", "--name", f"hang-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
+    # The agent's ~/.gitconfig is read by the export in its container: make every snapshot hang there.
+    sh(env, name, "git config --global filter.slow.clean 'sleep 3600' && printf '* filter=slow\\n' > .gitattributes "
+                  "&& echo x > y.txt")
+    env.env["SANDBOX_SYNC_TIMEOUT"] = "5"
+    try:
+        code, out = run(env, "diff", name, cwd=repo)
+    finally:
+        del env.env["SANDBOX_SYNC_TIMEOUT"]
+    assert code == 8 and "timed out" in out, out
+    info = json.loads(subprocess.run(["docker", "inspect", f"sandbox-{name}"], capture_output=True, text=True).stdout)
+    assert info[0]["State"]["Running"]
+    env.ok("rm", "--force", name)

@@ -11,13 +11,15 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from sandbox.errors import UsageError
 
 # Environment variables forwarded to the agent as secrets (never as container env).
 DEFAULT_SECRET_ENV = [
@@ -120,6 +122,16 @@ def _mask(value: str) -> str:
 
 
 def load_settings(repo: Path | None = None, **flags: Any) -> Settings:
-    """Build the settings; flags that are None are left to the other sources."""
+    """Build the settings; flags that are None are left to the other sources. A bad value from any
+    source is a ``UsageError`` (one line)."""
     _REPO_FILE["path"] = (repo / ".sandbox.toml") if repo else None
-    return Settings(**{k: v for k, v in flags.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        raise UsageError("invalid setting " + "; ".join(_describe(err) for err in e.errors())) from e
+
+
+def _describe(err: Any) -> str:
+    """``retries=-1: Input should be greater than or equal to 0`` (the value, never a secret: settings hold none)."""
+    where = ".".join(str(part) for part in err.get("loc", ())) or "?"
+    return f"{where}={err.get('input')!r}: {err.get('msg', 'invalid')}"

@@ -123,7 +123,7 @@ def ls(
     """
     from sandbox import gitops
 
-    found = _manager().list(repo=gitops.scope(repo, all_repos), exec_state=exec_state)
+    found = _manager(repo).list(repo=gitops.scope(repo, all_repos), exec_state=exec_state)
     if as_json:
         typer.echo(json.dumps([s.to_json() for s in found], indent=2))
         return
@@ -446,15 +446,9 @@ def config_show(repo: RepoOpt = None) -> None:
 
     Example: sandbox config show
     """
-    from sandbox import gitops
     from sandbox.config import load_settings
 
-    top = None
-    try:
-        top = gitops.find_repo(repo or Path.cwd()).top
-    except SandboxError:
-        pass
-    typer.echo(json.dumps(load_settings(top).masked(), indent=2))
+    typer.echo(json.dumps(load_settings(repo).masked(), indent=2))
 
 
 @app.command("mock-model")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import UsageError
-from tests.conftest import Env, make_env
+from tests.conftest import Env, make_env, make_repo
 
 
 @pytest.fixture
@@ -46,6 +46,10 @@ def test_usage_error_is_one_line_exit_2(cli: Env, argv: list[str], words: list[s
 
 def test_bad_setting_from_env_or_file_is_a_usage_error(cli: Env, tmp_path: Path) -> None:
     one_usage_line(cli.run("config", "show", extra={"SANDBOX_RETRIES": "many"}), "retries", "many")
+    repo = make_repo(tmp_path / "repo")
+    (repo / ".sandbox.toml").write_text("retries = [\n")  # not TOML
+    for argv in (["ls", "--json"], ["ls"], ["config", "show"]):  # fast path and full CLI alike
+        one_usage_line(cli.run(*argv, cwd=repo), str(repo / ".sandbox.toml"))
 
 
 def test_debug_shows_the_traceback(cli: Env) -> None:

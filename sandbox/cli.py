@@ -129,7 +129,7 @@ def ls(
     """
     from sandbox import gitops
 
-    found = _manager().list(repo=gitops.scope(repo, all_repos), exec_state=exec_state)
+    found = _manager(repo).list(repo=gitops.scope(repo, all_repos), exec_state=exec_state)
     if as_json:
         typer.echo(json.dumps([s.to_json() for s in found], indent=2))
         return
@@ -482,15 +482,9 @@ def config_show(repo: RepoOpt = None) -> None:
 
     Example: sandbox config show
     """
-    from sandbox import gitops
     from sandbox.config import load_settings
 
-    top = None
-    try:
-        top = gitops.find_repo(repo or Path.cwd()).top
-    except SandboxError:
-        pass
-    typer.echo(json.dumps(load_settings(top).masked(), indent=2))
+    typer.echo(json.dumps(load_settings(repo).masked(), indent=2))
 
 
 @app.command("mock-model")
@@ -511,11 +505,12 @@ def mock_model(
 
 def main() -> None:
     """Entry point: the one place errors reach the user (one line, documented exit code)."""
+    debug = bool(os.environ.get("SANDBOX_DEBUG"))
     try:
-        rc = app(standalone_mode=False)
+        rc = app(prog_name="sandbox", standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except SandboxError as e:
-        if os.environ.get("SANDBOX_DEBUG"):
+        if debug:
             raise
         _err(f"sandbox: error: {e}")
         sys.exit(e.exit_code)
@@ -527,13 +522,34 @@ def main() -> None:
     except KeyboardInterrupt:
         _err("sandbox: interrupted")
         sys.exit(130)
-    except Exception as e:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(e, click.ClickException):
-            _err(f"sandbox: error: {e.format_message()}")
-            sys.exit(2)
-        if os.environ.get("SANDBOX_DEBUG"):
+    except typer.TyperException as e:  # the parser's usage errors (unknown option, bad value, missing argument)
+        if debug:
+            raise
+        help_text = _help_instead(e)
+        if help_text is not None:  # `sandbox` or `sandbox image` alone: the help, as --help shows it
+            _err(help_text.rstrip("\n"))
+            sys.exit(UsageError.exit_code)
+        _err(f"sandbox: error: {usage_message(e)}")
+        sys.exit(UsageError.exit_code)
+    except Exception as e:  # the unexpected
+        if debug:
             raise
         _err(f"sandbox: internal error: {type(e).__name__}: {e} (set SANDBOX_DEBUG=1 for the traceback)")
         sys.exit(70)
+
+
+def usage_message(e: typer.TyperException) -> str:
+    """A parser error as one line: ``No such option: --bogus (see sandbox ls --help)``."""
+    text = " ".join(e.format_message().split())
+    path = getattr(getattr(e, "ctx", None), "command_path", None) or "sandbox"
+    return f"{text} (see {path} --help)"
+
+
+def _help_instead(e: typer.TyperException) -> str | None:
+    """The help text when the 'error' is a group called with no arguments (``no_args_is_help``)."""
+    ctx = getattr(e, "ctx", None)
+    get_help = getattr(ctx, "get_help", None)
+    if get_help is None:
+        return None
+    text = get_help()
+    return text if isinstance(text, str) and e.format_message() == text else None

@@ -2,22 +2,28 @@
 
 Precedence, highest first: command-line flags (passed as keyword arguments), ``SANDBOX_*``
 environment variables, the repository file ``<repo>/.sandbox.toml``, the user file
-``$XDG_CONFIG_HOME/sandbox/config.toml``, then the defaults below.
+``$XDG_CONFIG_HOME/sandbox/config.toml``, then the defaults below. Which files apply and what they
+say comes from ``sandbox.configfiles`` — the same function the fast entry point uses.
 """
 
 from __future__ import annotations
 
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
+
+from sandbox import configfiles
+from sandbox.configfiles import user_config_file as user_config_file
+from sandbox.errors import UsageError
 
 # Environment variables forwarded to the agent as secrets (never as container env).
 DEFAULT_SECRET_ENV = [
@@ -38,10 +44,6 @@ ROOT_FALLBACK_UID = 61000
 def _xdg(var: str, default: str) -> Path:
     value = os.environ.get(var)
     return Path(value) if value else Path.home() / default
-
-
-def user_config_file() -> Path:
-    return _xdg("XDG_CONFIG_HOME", ".config") / "sandbox" / "config.toml"
 
 
 class Settings(BaseSettings):
@@ -72,8 +74,6 @@ class Settings(BaseSettings):
     max_time: float | None = None                  # per-agent wall-clock limit (s)
     idle_timeout: float | None = None              # per-agent idle limit (s)
 
-    _repo_file: Path | None = None
-
     @classmethod
     def settings_customise_sources(
         cls,
@@ -83,14 +83,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        repo_file = _REPO_FILE.get("path")
-        if repo_file is not None and repo_file.is_file():
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=repo_file))
-        user_file = user_config_file()
-        if user_file.is_file():
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=user_file))
-        return tuple(sources)
+        values = _FILE_VALUES.get()
+        if values is None:  # built directly, not through load_settings: the current directory's files
+            values = configfiles.file_values(None)[1]
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=values))
 
     def uid_gid(self) -> tuple[int, int]:
         """The uid:gid the agent runs as: the invoking user's, never root."""
@@ -112,7 +108,8 @@ class Settings(BaseSettings):
         return out
 
 
-_REPO_FILE: dict[str, Path | None] = {"path": None}
+# The settings files' values for the Settings being built (pydantic calls the classmethod above).
+_FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("_FILE_VALUES", default=None)
 
 
 def _mask(value: str) -> str:
@@ -120,6 +117,19 @@ def _mask(value: str) -> str:
 
 
 def load_settings(repo: Path | None = None, **flags: Any) -> Settings:
-    """Build the settings; flags that are None are left to the other sources."""
-    _REPO_FILE["path"] = (repo / ".sandbox.toml") if repo else None
-    return Settings(**{k: v for k, v in flags.items() if v is not None})
+    """Build the settings for a command acting on ``repo`` (its ``--repo`` option; None: the
+    repository around the current directory, if any); flags that are None are left to the other
+    sources. A bad value from any source is a ``UsageError`` (one line)."""
+    token = _FILE_VALUES.set(configfiles.file_values(repo)[1])
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        raise UsageError("invalid setting " + "; ".join(_describe(err) for err in e.errors())) from e
+    finally:
+        _FILE_VALUES.reset(token)
+
+
+def _describe(err: Any) -> str:
+    """``retries=-1: Input should be greater than or equal to 0`` (the value, never a secret: settings hold none)."""
+    where = ".".join(str(part) for part in err.get("loc", ())) or "?"
+    return f"{where}={err.get('input')!r}: {err.get('msg', 'invalid')}"

@@ -3,8 +3,10 @@
 ``sandbox --version``, ``ls --json`` (what scripts and status bars poll), ``logs NAME [-n N]`` and
 ``send NAME TEXT [--no-enter]`` (what an orchestrator calls in a loop) are answered
 here — importing typer, pydantic-settings and docker-py costs ~150 ms, more than the work. They
-give exactly what ``sandbox.cli`` gives; anything else (other flags, a user config file that could
-set ``run_id``, ``SANDBOX_NO_FAST=1``) goes to the full CLI in ``sandbox.cli.main``.
+give exactly what ``sandbox.cli`` gives, with the settings resolved the same way (``SANDBOX_*``
+environment, then the files ``sandbox.configfiles`` finds and reads for the full ``Settings`` too);
+anything else (other flags, a settings value only pydantic can judge, ``SANDBOX_NO_FAST=1``) goes
+to the full CLI in ``sandbox.cli.main``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class _ListSettings:
     run_id: str | None
 
     @property
-    def data_dir(self) -> Path:  # the same rule as Settings.data_dir (no SANDBOX_DATA_DIR: see _run_id)
+    def data_dir(self) -> Path:  # the same rule as Settings.data_dir (no SANDBOX_DATA_DIR: see list_settings)
         xdg = os.environ.get("XDG_DATA_HOME")
         return (Path(xdg) if xdg else Path.home() / ".local/share") / "sandbox"
 
@@ -76,48 +78,51 @@ def send_options(argv: list[str]) -> tuple[str, str, bool] | None:
     return None
 
 
-def _run_id() -> str | None | bool:
-    """SANDBOX_RUN_ID as the settings would read it, or False when only the full CLI can tell."""
-    xdg = os.environ.get("XDG_CONFIG_HOME")
-    if (Path(xdg) if xdg else Path.home() / ".config").joinpath("sandbox", "config.toml").exists():
-        return False
-    if any(k.upper() == "SANDBOX_DATA_DIR" for k in os.environ):
-        return False
-    values = [v for k, v in os.environ.items() if k.upper() == "SANDBOX_RUN_ID"]
-    if len(values) > 1:
-        return False
-    return values[0] if values else None
+def list_settings(repo: Path | None) -> tuple[Path | None, _ListSettings] | None:
+    """(the repository's main checkout, the settings ``list``/``logs``/``send`` read) as
+    ``sandbox.config.load_settings(repo)`` would resolve them: ``SANDBOX_*`` env, then the repository
+    file, then the user file (``sandbox.configfiles``, the same lookup). None when only the full CLI can
+    tell (a value pydantic would convert or reject)."""
+    from sandbox import configfiles
+
+    top, files = configfiles.file_values(repo)
+    env = [v for k, v in os.environ.items() if k.upper() == "SANDBOX_RUN_ID"]
+    if len(env) > 1 or "data_dir" in files or any(k.upper() == "SANDBOX_DATA_DIR" for k in os.environ):
+        return None  # (the data dir's own rule is in _ListSettings.data_dir)
+    value = env[0] if env else files.get("run_id")
+    if value is not None and not isinstance(value, str):
+        return None
+    return top, _ListSettings(value or None)
 
 
-def _ls_json(repo: Path | None, all_repos: bool, run_id: str | None) -> bool:
+def _ls_json(top: Path | None, all_repos: bool, settings: _ListSettings) -> bool:
     """The same as ``sandbox.cli.ls(--json)``; False when it cannot answer here."""
-    from sandbox import gitops
     from sandbox.manager import SandboxManager
 
-    scope = gitops.scope(repo, all_repos)
+    scope = None if all_repos else top  # = gitops.scope(repo, all_repos): top is the same lookup
     try:
-        found = SandboxManager(_ListSettings(run_id)).list(repo=scope)  # type: ignore[arg-type]
+        found = SandboxManager(settings).list(repo=scope)  # type: ignore[arg-type]
     except AttributeError:  # list() now reads more settings than this knows: let the full CLI answer
         return False
     sys.stdout.write(json.dumps([s.to_json() for s in found], indent=2) + "\n")
     return True
 
 
-def _logs(name: str, lines: int | None, run_id: str | None) -> bool:
+def _logs(name: str, lines: int | None, settings: _ListSettings) -> bool:
     from sandbox.manager import SandboxManager
 
     try:
-        text = SandboxManager(_ListSettings(run_id)).logs(name, lines)  # type: ignore[arg-type]
+        text = SandboxManager(settings).logs(name, lines)  # type: ignore[arg-type]
     except AttributeError:  # reads more settings than this knows (read-only so far): full CLI
         return False
     sys.stdout.write(text)
     return True
 
 
-def _send(name: str, text: str, enter: bool, run_id: str | None) -> bool:
+def _send(name: str, text: str, enter: bool, settings: _ListSettings) -> bool:
     from sandbox.manager import SandboxManager
 
-    mgr = SandboxManager(_ListSettings(run_id))  # type: ignore[arg-type]
+    mgr = SandboxManager(settings)  # type: ignore[arg-type]
     try:
         sb = mgr.running(name)
         if sb.state == "starting":  # waiting for readiness needs the full settings
@@ -138,19 +143,21 @@ def main() -> None:
 
             sys.stdout.write(f"sandbox {__version__}\n")
             sys.exit(0)
-        answer: Callable[[str | None], bool] | None = None
+        repo: Path | None = None
+        answer: Callable[[Path | None, _ListSettings], bool] | None = None
         if (ls := ls_json_options(argv)) is not None:
-            answer = lambda rid: _ls_json(*ls, run_id=rid)  # noqa: E731
+            repo, all_repos = ls
+            answer = lambda top, st: _ls_json(top, all_repos, st)  # noqa: E731
         elif (lg := logs_options(argv)) is not None:
-            answer = lambda rid: _logs(*lg, run_id=rid)  # noqa: E731
+            answer = lambda top, st: _logs(*lg, settings=st)  # noqa: E731
         elif (sd := send_options(argv)) is not None:
-            answer = lambda rid: _send(*sd, run_id=rid)  # noqa: E731
-        run_id = _run_id() if answer is not None else False
-        if answer is not None and run_id is not False:
+            answer = lambda top, st: _send(*sd, settings=st)  # noqa: E731
+        if answer is not None:
             from sandbox.errors import SandboxError
 
             try:
-                if answer(run_id or None):
+                resolved = list_settings(repo)
+                if resolved is not None and answer(*resolved):
                     sys.exit(0)
             except SandboxError as e:
                 if os.environ.get("SANDBOX_DEBUG"):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything `sandbox` needs on a fresh Debian/Ubuntu machine, reusing what exists:
-# system packages (tmux, git, debootstrap, acl), a virtualenv with the package, and the base
+# system packages (tmux, git, debootstrap, acl), a virtualenv with the package (pinned by
+# constraints.txt, see scripts/venv.sh), and the base
 # and agent images (built offline from Debian's packages; nothing is pulled from a registry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,16 +21,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 docker info >/dev/null 2>&1 || { echo "the Docker engine is not reachable (is it running? are you in the docker group?)" >&2; exit 1; }
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  say "creating .venv"
-  "$PY" -m venv .venv
-fi
-if ! .venv/bin/python -c "import sandbox, docker, typer, tenacity, pydantic_settings, libtmux, pytest" 2>/dev/null; then
-  say "installing the package and its test dependencies into .venv"
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test]'
-fi
+scripts/venv.sh .venv  # the package and its dependencies at the versions of constraints.txt
 
 say "building the agent image (reused when up to date)"
 .venv/bin/sandbox image build --offline

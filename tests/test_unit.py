@@ -13,6 +13,7 @@ from sandbox import agents, labels
 from sandbox.config import load_settings
 from sandbox.errors import UsageError
 from sandbox.tmux import LocalExecutor, Tmux, literal
+from tests.conftest import make_repo
 
 
 def test_claude_preset_passes_model_and_task_as_arguments() -> None:
@@ -103,8 +104,7 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     cfg = tmp_path / "cfg"
     (cfg / "sandbox").mkdir(parents=True)
     (cfg / "sandbox" / "config.toml").write_text('image = "from-user"\nagent = "codex"\nmodel = "user-model"\n')
-    repo = tmp_path / "repo"
-    repo.mkdir()
+    repo = make_repo(tmp_path / "repo")  # a real repository: its file is found through git
     (repo / ".sandbox.toml").write_text('image = "from-repo"\nmodel = "repo-model"\n')
     monkeypatch.setenv("XDG_CONFIG_HOME", str(cfg))
     monkeypatch.delenv("SANDBOX_IMAGE", raising=False)

@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox import __version__, agents, capacity, gitops, labels as L
+from sandbox import __version__, agentfiles, agents, capacity, gitops, labels as L
 from sandbox.engine import Engine, ExecResult
 from sandbox.errors import AgentError, Conflict, ImageMissing, NotFound, RepoError, UsageError
 from sandbox.tmux import Tmux
@@ -139,12 +139,14 @@ class Sandbox:
 
 
 def _read_state(state_dir: str | None) -> dict[str, Any]:
+    """The agent's state file (untrusted: read through ``agentfiles``, never following a link, never
+    blocking, capped). Not there yet: {}. There but unreadable: only a ``reason`` saying why."""
     if not state_dir:
         return {}
-    try:
-        return dict(json.loads((Path(state_dir) / "state.json").read_text()))
-    except (OSError, ValueError):
-        return {}
+    state, reason = agentfiles.read_state(state_dir)
+    if state is not None:
+        return state
+    return {} if reason == agentfiles.ABSENT else {"reason": reason}
 
 
 def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int, top: str) -> bytes:
@@ -231,12 +233,11 @@ class SandboxManager:
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
         if sb.agent_state or sb.engine_state != "running":
             return sb
-        res = self.engine.read(sb.container_id, ["cat", f"{STATE_MOUNT}/state.json"])
-        try:
-            state = dict(json.loads(res.text)) if res.exit_code == 0 else {}
-        except ValueError:
-            state = {}
-        return replace(sb, agent_state=state)
+        res = self.engine.read(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
+        state = None
+        if res.exit_code == 0 and len(res.stdout) <= agentfiles.STATE_CAP:
+            state, _ = agentfiles.parse_state(res.stdout)
+        return replace(sb, agent_state=state or {})
 
     def get(self, name: str) -> Sandbox:
         found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))

@@ -192,6 +192,19 @@ def _grant(uid: int, gid: int, owned: list[Path], shared: list[Path]) -> None:
         raise RepoError(f"cannot grant the agent uid {uid} access to the repository: {proc.stderr.strip()}")
 
 
+def _limits_and_network(s: Settings, engine: Engine) -> dict[str, Any]:
+    """``host_config`` fields: memory and CPU limits (0 = none), and for the default profile the agents'
+    own bridge network, on which they cannot reach each other (README "Security"); `locked` has none."""
+    fields: dict[str, Any] = {}
+    if s.memory_limit():
+        fields["mem_limit"] = s.memory_limit()
+    if s.cpus:
+        fields["nano_cpus"] = int(s.cpus * 1e9)
+    if s.profile != "locked":
+        fields["network_mode"] = engine.ensure_network(s.network, {L.MANAGED: "1"}, icc=False)
+    return fields
+
+
 class SandboxManager:
     """Create, find and remove agent sandboxes. Holds one engine connection."""
 
@@ -354,10 +367,7 @@ class SandboxManager:
                 "security_opt": ["no-new-privileges:true"],
                 "pids_limit": s.pids_limit,
             }
-            if s.memory:
-                host_config["mem_limit"] = s.memory
-            if s.cpus:
-                host_config["nano_cpus"] = int(s.cpus * 1e9)
+            host_config.update(_limits_and_network(s, self.engine))
             # A container that dies (its init killed, OOM…) is restarted by the engine; the init counts
             # it as a failed attempt. (`docker kill`/`stop` count as manual stops: no restart.)
             host_config["restart_policy"] = {"Name": "on-failure", "MaximumRetryCount": s.retries + 1}

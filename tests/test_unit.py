@@ -316,3 +316,15 @@ def test_reply_is_read_safely_and_the_exec_fallback_is_bounded(tmp_path: Path) -
     with pytest.raises(AgentError, match="reply file is a symbolic link") as info:
         status._reply(mgr, sb)  # type: ignore[arg-type]
     assert marker not in str(info.value) and len(mgr.engine.calls) == calls
+
+
+def test_default_limits_and_unlimited() -> None:
+    from sandbox.config import load_settings, memory_bytes
+
+    s = load_settings()
+    assert s.memory_limit() == 4 * 1024**3 and s.cpus == 2.0 and s.network == "sandbox-net"
+    none = load_settings(memory="0", cpus=0)
+    assert none.memory_limit() == 0 and none.cpus == 0
+    assert memory_bytes("512m") == 512 * 1024**2 and memory_bytes("1GB") == 1024**3 and memory_bytes("100") == 100
+    with pytest.raises(ValueError, match="memory must be a size"):
+        load_settings(memory="lots")

@@ -9,11 +9,12 @@ say comes from ``sandbox.configfiles`` — the same function the fast entry poin
 from __future__ import annotations
 
 import os
+import re
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -62,9 +63,11 @@ class Settings(BaseSettings):
     ready_timeout: float = 90.0
     claude_sdk_version: str = "0.2.189"
     secret_env: list[str] = Field(default_factory=lambda: list(DEFAULT_SECRET_ENV))
-    memory: str | None = None
-    cpus: float | None = None
+    # Per-agent limits (README "Security"): enough for a coding agent that builds and tests, not the host.
+    memory: str = "4g"                             # bytes or <n>[b|k|m|g]; "0" = unlimited
+    cpus: float = Field(default=2.0, ge=0)         # 0 = unlimited
     pids_limit: int = 1024
+    network: str = "sandbox-net"                   # default profile: a bridge of our own, no agent-to-agent traffic
     run_id: str | None = None
     # Supervision (see README "States"): restarts of a failing agent, capacity, time limits.
     retries: int = Field(default=3, ge=0)          # restarts after a non-zero exit; then `failed`
@@ -88,6 +91,18 @@ class Settings(BaseSettings):
             values = configfiles.file_values(None)[1]
         return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=values))
 
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _check_memory(cls, value: Any) -> str:
+        text = "0" if value is None else str(value).strip()
+        if memory_bytes(text) is None:
+            raise ValueError(f"memory must be a size like 4g, 512m or 0 (unlimited), not {text!r}")
+        return text
+
+    def memory_limit(self) -> int:
+        """The memory limit in bytes; 0 = unlimited."""
+        return memory_bytes(self.memory) or 0
+
     def uid_gid(self) -> tuple[int, int]:
         """The uid:gid the agent runs as: the invoking user's, never root."""
         uid, gid = os.getuid(), os.getgid()
@@ -110,6 +125,15 @@ class Settings(BaseSettings):
 
 # The settings files' values for the Settings being built (pydantic calls the classmethod above).
 _FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("_FILE_VALUES", default=None)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def memory_bytes(text: str) -> int | None:
+    """``4g`` -> 4294967296 (docker's units: b, k, m, g, optionally followed by b); None if malformed."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", text.strip().lower())
+    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
 def _mask(value: str) -> str:

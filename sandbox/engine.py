@@ -318,6 +318,63 @@ class Engine:
         with translate(f"logs of {ref}"):
             return bytes(self.api.logs(ref, tail=tail)).decode("utf-8", "replace")
 
+    # -- networks --------------------------------------------------------------------------
+    def networks(self, name: str) -> list[dict[str, Any]]:
+        """Networks named exactly ``name`` (the engine's name filter matches substrings); oldest first.
+        More than one happens when two creates raced (the engine's duplicate check is not atomic)."""
+        def once() -> list[dict[str, Any]]:
+            with translate(f"list networks {name}"):
+                found = self.api.networks(names=[name])
+            return sorted((n for n in found if n.get("Name") == name),
+                          key=lambda n: (str(n.get("Created", "")), str(n.get("Id", ""))))
+
+        return retry.call(retry.READS, once)
+
+    def ensure_network(self, name: str, labels: dict[str, str], *, icc: bool = False) -> str:
+        """The id of bridge network ``name`` carrying ``labels``, created if missing (race-safe: a create
+        that loses gets Conflict and takes the winner's; if both were created, everyone picks the oldest
+        and the loser's is removed). ``icc=False``: containers on it cannot talk to each other.
+        A network of that name that is not ours, or lets containers talk, is refused (Conflict)."""
+        icc_opt = "com.docker.network.bridge.enable_icc"
+
+        def pick() -> str | None:
+            found = self.networks(name)
+            if not found:
+                return None
+            net = found[0]
+            have = net.get("Labels") or {}
+            if (net.get("Driver") != "bridge" or any(have.get(k) != v for k, v in labels.items())
+                    or (net.get("Options") or {}).get(icc_opt, "true") != str(icc).lower()):
+                raise Conflict(f"network {name} exists but was not made by sandbox (driver, labels or {icc_opt} differ)",
+                               hint=f"remove it (`docker network rm {name}`) or set SANDBOX_NETWORK to another name")
+            return str(net["Id"])
+
+        existing = pick()
+        if existing is not None:
+            return existing
+        made: str | None = None
+        try:
+            with translate(f"create network {name}"):
+                made = str(self.api.create_network(name, driver="bridge", options={icc_opt: str(icc).lower()},
+                                                   labels=labels, check_duplicate=True)["Id"])
+        except Conflict:
+            pass  # another spawn created it first
+        winner = pick()
+        if winner is None:
+            raise EngineError(f"create network {name}: the engine does not list it")
+        if made is not None and made != winner:
+            self.remove_network(made)
+        return winner
+
+    def remove_network(self, ref: str) -> bool:
+        """Remove a network; False when it is gone already or still in use."""
+        try:
+            with translate(f"remove network {ref}"):
+                self.api.remove_network(ref)
+        except (NotFound, Conflict, EngineError):
+            return False
+        return True
+
     # -- images ----------------------------------------------------------------------------
     def image_id(self, ref: str) -> str | None:
         """The image's ID, or None when the engine does not have it (never pulls)."""

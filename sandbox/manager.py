@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox import __version__, agents, capacity, contract, gitops, labels as L
+from sandbox import __version__, agentfiles, agents, capacity, contract, gitops, labels as L
 from sandbox.engine import Engine, ExecResult
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
 from sandbox.tmux import Tmux
@@ -146,12 +146,14 @@ class Sandbox:
 
 
 def _read_state(state_dir: str | None) -> dict[str, Any]:
+    """The agent's state file (untrusted: read through ``agentfiles``, never following a link, never
+    blocking, capped). Not there yet: {}. There but unreadable: only a ``reason`` saying why."""
     if not state_dir:
         return {}
-    try:
-        return dict(json.loads((Path(state_dir) / "state.json").read_text()))
-    except (OSError, ValueError):
-        return {}
+    state, reason = agentfiles.read_state(state_dir)
+    if state is not None:
+        return state
+    return {} if reason == agentfiles.ABSENT else {"reason": reason}
 
 
 def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int, top: str) -> bytes:
@@ -174,6 +176,19 @@ def _chown_tree(uid: int, gid: int, *paths: Path) -> None:
         for root, dirs, files in os.walk(path):
             for n in dirs + files:
                 os.lchown(os.path.join(root, n), uid, gid)
+
+
+def _limits_and_network(s: Settings, engine: Engine) -> dict[str, Any]:
+    """``host_config`` fields: memory and CPU limits (0 = none), and for the default profile the agents'
+    own bridge network, on which they cannot reach each other (README "Security"); `locked` has none."""
+    fields: dict[str, Any] = {}
+    if s.memory_limit():
+        fields["mem_limit"] = s.memory_limit()
+    if s.cpus:
+        fields["nano_cpus"] = int(s.cpus * 1e9)
+    if s.profile != "locked":
+        fields["network_mode"] = engine.ensure_network(s.network, {L.MANAGED: "1"}, icc=False)
+    return fields
 
 
 class SandboxManager:
@@ -223,12 +238,11 @@ class SandboxManager:
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
         if sb.agent_state or sb.engine_state != "running":
             return sb
-        res = self.engine.read(sb.container_id, ["cat", f"{STATE_MOUNT}/state.json"])
-        try:
-            state = dict(json.loads(res.text)) if res.exit_code == 0 else {}
-        except ValueError:
-            state = {}
-        return replace(sb, agent_state=state)
+        res = self.engine.read(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
+        state = None
+        if res.exit_code == 0 and len(res.stdout) <= agentfiles.STATE_CAP:
+            state, _ = agentfiles.parse_state(res.stdout)
+        return replace(sb, agent_state=state or {})
 
     def get(self, name: str) -> Sandbox:
         found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))
@@ -354,10 +368,7 @@ class SandboxManager:
                 "security_opt": ["no-new-privileges:true"],
                 "pids_limit": s.pids_limit,
             }
-            if s.memory:
-                host_config["mem_limit"] = s.memory
-            if s.cpus:
-                host_config["nano_cpus"] = int(s.cpus * 1e9)
+            host_config.update(_limits_and_network(s, self.engine))
             # A container that dies (its init killed, OOM…) is restarted by the engine; the init counts
             # it as a failed attempt. (`docker kill`/`stop` count as manual stops: no restart.)
             host_config["restart_policy"] = {"Name": "on-failure", "MaximumRetryCount": s.retries + 1}

@@ -7,11 +7,10 @@ cannot read it (a remote engine) one exec per poll reads it instead. Polls are b
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-from sandbox import labels as L
+from sandbox import agentfiles, labels as L
 from sandbox.errors import AgentError, WaitTimeout
-from sandbox.manager import Sandbox, SandboxManager
+from sandbox.manager import STATE_MOUNT, Sandbox, SandboxManager
 
 TERMINAL = ("exited", "failed", "stopped")
 UNTIL = {
@@ -90,9 +89,22 @@ def send_wait(mgr: SandboxManager, name: str, text: str, timeout: float | None =
         time.sleep(0.2)
     if not hooks:
         return _new_text(before, mgr.logs(name), text)
-    local = Path(sb.labels.get(L.STATE_DIR, "/nonexistent")) / "reply.txt"
-    try:
-        return local.read_text()
-    except OSError:
-        res = mgr.engine.read(sb.container_id, ["cat", "/run/sandbox-state/reply.txt"])
-        return res.text
+    return _reply(mgr, sb)
+
+
+def _reply(mgr: SandboxManager, sb: Sandbox) -> str:
+    """The turn's answer from ``reply.txt``, which the agent writes: untrusted (see ``agentfiles``).
+    Read on the host when the state dir is here, else (remote engine) by a bounded exec inside the
+    container, which sees only the agent's own files."""
+    got = agentfiles.read(sb.labels.get(L.STATE_DIR, "/nonexistent"), "reply.txt", agentfiles.REPLY_CAP, "reply file")
+    if got.data is None and got.absent:
+        res = mgr.engine.read(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/reply.txt", agentfiles.REPLY_CAP))
+        if res.exit_code != 0:
+            return ""  # no answer stored
+        if len(res.stdout) > agentfiles.REPLY_CAP:
+            got = agentfiles.Read(None, f"reply file is larger than {agentfiles.REPLY_CAP // (1024 * 1024)} MiB")
+        else:
+            got = agentfiles.Read(res.stdout)
+    if got.data is None:
+        raise AgentError(f"agent {sb.name} ended its turn, but its answer cannot be shown: {got.reason}")
+    return got.data.decode("utf-8", "replace")

@@ -46,9 +46,18 @@ def agent_image() -> str:
     return IMAGE
 
 
+AGENT_NETWORK = "sandbox-net"  # the default profile's network (Settings.network), made on demand by spawn
+
+
+def network_exists(name: str) -> bool:
+    return subprocess.run(["docker", "network", "inspect", name], capture_output=True).returncode == 0
+
+
 @pytest.fixture(scope="session", autouse=True)
 def reaper() -> Iterator[None]:
-    """Remove every container this run created, whatever happened."""
+    """Remove every container this run created, whatever happened; and the agents' network when this
+    run made it and nothing uses it any more (other runs may share it: `docker network rm` refuses then)."""
+    had_network = docker_ok() and network_exists(AGENT_NETWORK)
     yield
     if not docker_ok():
         return
@@ -56,6 +65,8 @@ def reaper() -> Iterator[None]:
                          capture_output=True, text=True).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True)
+    if not had_network and network_exists(AGENT_NETWORK):
+        subprocess.run(["docker", "network", "rm", AGENT_NETWORK], capture_output=True)
 
 
 @dataclass

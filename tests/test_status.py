@@ -15,7 +15,7 @@ import pytest
 
 from sandbox import retry
 from sandbox.errors import Conflict, EngineError, EngineUnavailable, NotFound
-from tests.conftest import RUN_ID, Env, git, wait_for
+from tests.conftest import RUN_ID, Env, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = {"SANDBOX_RETRY_BACKOFF": "0.2"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,171 @@ def test_every_command_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for path in _commands():
         assert f"sandbox {' '.join(path)}" in readme, f"README does not document `sandbox {' '.join(path)}`"
+
+
+# -- files the agent writes for the host (sandbox/agentfiles.py) --------------------------------------
+def _secret_file(tmp_path: Path) -> tuple[Path, str]:
+    import uuid
+
+    marker = f"SBX-SECRET-{uuid.uuid4().hex}"
+    secret = tmp_path / "root-only" / "secret.json"
+    secret.parent.mkdir(mode=0o700)
+    secret.write_text(json.dumps({"state": "idle", "reason": marker}))
+    secret.chmod(0o600)
+    return secret, marker
+
+
+def test_agent_file_is_read_when_it_is_a_small_regular_file(tmp_path: Path) -> None:
+    from sandbox import agentfiles
+
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    assert agentfiles.read(tmp_path, "f", 10) == agentfiles.Read(b"x" * 10, "")
+    over = agentfiles.read(tmp_path, "f", 9)
+    assert over.data is None and over.reason == "f is larger than 0 KiB" and not over.absent
+    missing = agentfiles.read(tmp_path, "nope", 10)
+    assert missing.data is None and missing.absent
+    assert agentfiles.read(tmp_path / "no-dir", "f", 10).absent
+    assert agentfiles.read(tmp_path, "../f", 10).data is None
+
+
+def test_agent_file_never_follows_a_link(tmp_path: Path) -> None:
+    from sandbox import agentfiles
+
+    secret, marker = _secret_file(tmp_path)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").symlink_to(secret)
+    got = agentfiles.read(state_dir, "state.json", agentfiles.STATE_CAP, "state file")
+    assert got == agentfiles.Read(None, "state file is a symbolic link")
+    (state_dir / "reply.txt").symlink_to("/dev/zero")
+    assert agentfiles.read(state_dir, "reply.txt", agentfiles.REPLY_CAP).reason == "reply.txt is a symbolic link"
+    # The directory itself a link (to a directory holding the secret): not followed either.
+    (tmp_path / "linked").symlink_to(secret.parent)
+    got = agentfiles.read(tmp_path / "linked", "secret.json", agentfiles.STATE_CAP)
+    assert got.data is None and "not a plain directory" in got.reason and marker not in got.reason
+
+
+def test_agent_file_never_blocks_on_a_fifo_or_reads_a_special_file(tmp_path: Path) -> None:
+    import os
+    import stat
+    import time
+
+    from sandbox import agentfiles
+
+    os.mkfifo(tmp_path / "state.json")
+    t0 = time.monotonic()
+    got = agentfiles.read(tmp_path, "state.json", agentfiles.STATE_CAP, "state file")
+    assert got == agentfiles.Read(None, "state file is not a regular file (a FIFO)")
+    wfd = os.open(tmp_path / "state.json", os.O_RDWR | os.O_NONBLOCK)  # a writer holding it open: still refused
+    try:
+        assert agentfiles.read(tmp_path, "state.json", 10).data is None
+    finally:
+        os.close(wfd)
+    (tmp_path / "d").mkdir()
+    assert agentfiles.read(tmp_path, "d", 10).reason == "d is not a regular file (a directory)"
+    if os.getuid() == 0:  # a device node (the agent cannot make one: no CAP_MKNOD; root here can)
+        os.mknod(tmp_path / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
+        assert agentfiles.read(tmp_path, "zero", 10).data is None
+    assert time.monotonic() - t0 < 2
+
+
+@pytest.mark.parametrize("raw, reason", [
+    (b"[1, 2]", "state file is not a JSON object"),
+    (b'"idle"', "state file is not a JSON object"),
+    (b"null", "state file is not a JSON object"),
+    (b"{not json", "state file is not valid JSON"),
+    (b"\xff\xfe{}", "state file is not valid JSON"),
+    (b"[" * 200_000, "state file is not valid JSON"),  # deep nesting: a RecursionError, not a crash
+    (b'{"ts": NaN}', "state file is not valid JSON"),
+])
+def test_state_that_is_not_an_object_counts_as_missing(raw: bytes, reason: str) -> None:
+    from sandbox import agentfiles
+
+    assert agentfiles.parse_state(raw) == (None, reason)
+
+
+def test_hostile_state_values_cannot_break_ls(tmp_path: Path) -> None:
+    from sandbox import agentfiles
+    from sandbox.manager import Sandbox, _read_state
+
+    hostile = {"state": "idle\x1b[2J\x07", "reason": "r" * 5000, "attempt": "many", "exit_code": 1e300,
+               "stops": True, "ts": 1e308, "activity": -5, "since": "x", "failures": [1], "extra": {"kept": 1}}
+    (tmp_path / "state.json").write_text(json.dumps(hostile))
+    state = _read_state(str(tmp_path))
+    assert state["state"] == "idle?[2J?" and len(state["reason"]) == agentfiles.REASON_MAX + 1
+    assert not {"attempt", "exit_code", "stops", "ts", "activity", "since", "failures"} & set(state)
+    assert state["extra"] == {"kept": 1}
+    sb = Sandbox("a", "id", "sandbox-a", {"sandbox.worktree": "/w"}, "running", "Up", state)
+    out = sb.to_json()
+    assert out["state"] == "idle?[2J?" and out["attempt"] == 0 and out["activity"] is None
+
+
+def test_unreadable_state_file_is_a_reason_on_the_snapshot(tmp_path: Path) -> None:
+    import os
+
+    from sandbox.manager import Sandbox, _read_state
+
+    assert _read_state(str(tmp_path)) == {}  # not written yet: no reason, still "starting"
+    os.mkfifo(tmp_path / "state.json")
+    state = _read_state(str(tmp_path))
+    assert state == {"reason": "state file is not a regular file (a FIFO)"}
+    sb = Sandbox("a", "id", "sandbox-a", {"sandbox.worktree": "/w"}, "running", "Up", state)
+    assert sb.state == "starting" and sb.reason == "state file is not a regular file (a FIFO)"
+    (tmp_path / "state.json").unlink()
+    (tmp_path / "state.json").write_text("[]")
+    assert _read_state(str(tmp_path)) == {"reason": "state file is not a JSON object"}
+
+
+class _FakeEngine:
+    def __init__(self, stdout: bytes, code: int = 0) -> None:
+        self.stdout, self.code, self.calls = stdout, code, []  # type: ignore[var-annotated]
+
+    def read(self, ref: str, argv: list[str]):  # type: ignore[no-untyped-def]
+        from sandbox.engine import ExecResult
+
+        self.calls.append(argv)
+        return ExecResult(self.code, self.stdout, b"")
+
+
+def test_reply_is_read_safely_and_the_exec_fallback_is_bounded(tmp_path: Path) -> None:
+    import types
+
+    from sandbox import agentfiles, status
+    from sandbox.errors import AgentError
+    from sandbox.manager import Sandbox
+
+    secret, marker = _secret_file(tmp_path)
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    sb = Sandbox("a", "cid", "sandbox-a", {"sandbox.state-dir": str(state_dir)}, "running", "Up")
+    mgr = types.SimpleNamespace(engine=_FakeEngine(b"from the container"))
+    # No local file (a remote engine): one bounded exec inside the container.
+    assert status._reply(mgr, sb) == "from the container"  # type: ignore[arg-type]
+    argv = mgr.engine.calls[-1]
+    assert argv[:3] == ["timeout", "-s", "KILL"] and "head" in argv and str(agentfiles.REPLY_CAP + 1) in argv
+    mgr.engine = _FakeEngine(b"z" * (agentfiles.REPLY_CAP + 1))
+    with pytest.raises(AgentError, match="larger than 1 MiB"):
+        status._reply(mgr, sb)  # type: ignore[arg-type]
+    mgr.engine = _FakeEngine(b"", code=1)
+    assert status._reply(mgr, sb) == ""  # type: ignore[arg-type]
+    # A local file: read on the host, never through a link, and no exec.
+    (state_dir / "reply.txt").write_text("Answer.")
+    assert status._reply(mgr, sb) == "Answer."  # type: ignore[arg-type]
+    (state_dir / "reply.txt").unlink()
+    (state_dir / "reply.txt").symlink_to(secret)
+    calls = len(mgr.engine.calls)
+    with pytest.raises(AgentError, match="reply file is a symbolic link") as info:
+        status._reply(mgr, sb)  # type: ignore[arg-type]
+    assert marker not in str(info.value) and len(mgr.engine.calls) == calls
+
+
+def test_default_limits_and_unlimited() -> None:
+    from sandbox.config import load_settings, memory_bytes
+
+    s = load_settings()
+    assert s.memory_limit() == 4 * 1024**3 and s.cpus == 2.0 and s.network == "sandbox-net"
+    none = load_settings(memory="0", cpus=0)
+    assert none.memory_limit() == 0 and none.cpus == 0
+    assert memory_bytes("512m") == 512 * 1024**2 and memory_bytes("1GB") == 1024**3 and memory_bytes("100") == 100
+    with pytest.raises(ValueError, match="memory must be a size"):
+        load_settings(memory="lots")

@@ -61,6 +61,7 @@ class Settings(BaseSettings):
     agent_gid: int | None = None
     mock_model: Literal["auto", "on", "off"] = "auto"
     ready_timeout: float = 90.0
+    sync_timeout: float = Field(default=120.0, gt=0)  # bringing an agent's work over (one fetch), seconds
     claude_sdk_version: str = "0.2.189"
     secret_env: list[str] = Field(default_factory=lambda: list(DEFAULT_SECRET_ENV))
     # Per-agent limits (README "Security"): enough for a coding agent that builds and tests, not the host.

@@ -251,8 +251,10 @@ class SandboxManager:
         return self._snapshot(found[0])
 
     # -- spawning ----------------------------------------------------------------------------
-    def _allocate_name(self, prefix: str) -> str:
+    def _allocate_name(self, prefix: str, skip: set[str] | None = None) -> str:
+        """The first free ``prefix-N``: no agent has it (on the engine), nor was it just tried (``skip``)."""
         taken = {c.get("Labels", {}).get(L.NAME) for c in self.engine.list_containers(L.managed_filter())}
+        taken |= skip or set()
         n = 1
         while f"{prefix}-{n}" in taken:
             n += 1
@@ -293,16 +295,18 @@ class SandboxManager:
         name = name or self._allocate_name(prefix)
         if s.max_agents is not None:
             step(f"waiting for a free slot (max {s.max_agents} agents)" if queue else "checking capacity")
+        tried: set[str] = set()
         with capacity.Slot(s.data_dir / "capacity.lock", s.max_agents, self.working_count, queue=queue,
                            timeout=s.queue_timeout) as slot:
-            for _ in range(20):
+            for _ in range(50):
                 try:
                     return self._spawn_named(name, spec, task, model, repo, base_sha, image_id, mock_script,
-                                             wait_ready, step, slot)
+                                             wait_ready, step, slot, explicit)
                 except _NameTaken:
                     if explicit:
                         raise Conflict(f"name {name!r} is taken", hint="pick another with --name") from None
-                    name = self._allocate_name(prefix)
+                    tried.add(name)
+                    name = self._allocate_name(prefix, tried)
         raise Conflict("could not find a free name; pass --name")
 
     def working_count(self) -> int:
@@ -322,6 +326,7 @@ class SandboxManager:
         wait_ready: bool,
         step: Callable[[str], None],
         slot: capacity.Slot,
+        explicit: bool,
     ) -> Sandbox:
         s = self.settings
         if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
@@ -332,8 +337,12 @@ class SandboxManager:
         state_dir = s.data_dir / "state" / name
         for path in (worktree, agent_git):
             if path.exists() or path.is_symlink():
+                if not explicit:  # a parallel spawn took this name a moment ago: the next one
+                    raise _NameTaken(name)
                 raise RepoError(f"path already exists: {path}", hint="remove it or pick another --name")
         if gitops.branch_exists(repo, branch):
+            if not explicit:  # kept by an earlier agent of that name (rm keeps branches): the next name
+                raise _NameTaken(name)
             raise Conflict(f"branch {branch} already exists in {repo.top}", hint="pick another --name")
         uid, gid = s.uid_gid()
         if uid == 0:
@@ -640,7 +649,7 @@ class SandboxManager:
         labels = {L.READER: src.name, **({L.RUN_ID: self.settings.run_id} if self.settings.run_id else {})}
         return Engine.cli_run_reader(src.image, f"{src.uid}:{gid}", binds, args, labels)
 
-    def sync(self, src: Source, *, snapshot: bool = True, timeout: float = 120) -> Synced:
+    def sync(self, src: Source, *, snapshot: bool = True, timeout: float | None = None) -> Synced:
         """Fetch the agent's HEAD into ``sandbox/NAME`` (and, with ``snapshot``, a commit of its whole
         workspace into ``refs/sandbox/wip/NAME``) from inside its container, or from a throwaway
         reader container when it is not running. Never raises for an unreadable agent: the
@@ -650,7 +659,8 @@ class SandboxManager:
             refspecs.append(f"+{contract.EXPORT_WIP}:{WIP_PREFIX}{src.name}")
         mark = _signature(src.agent_git)
         try:
-            gitops.fetch_from(src.repo, self._export_argv(src, snapshot), refspecs, timeout=timeout)
+            gitops.fetch_from(src.repo, self._export_argv(src, snapshot), refspecs,
+                              timeout=timeout if timeout is not None else self.settings.sync_timeout)
         except GitError as e:
             return Synced(ok=False, reason=_why(e.stderr) or f"git exited {e.code}")
         self._sync_mark(src.name, src.agent_git, mark)

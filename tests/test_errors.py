@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, leftovers, make_repo
+from tests.conftest import Env, git, leftovers, make_repo
 
 pytestmark = pytest.mark.slow
 
@@ -93,3 +93,12 @@ def test_unknown_base_revision(env: Env, repo: Path) -> None:
 def test_unknown_agent_name_for_commands(env: Env, repo: Path) -> None:
     for cmd in (["logs", "ghost"], ["send", "ghost", "hi"], ["rm", "ghost"], ["stop", "ghost"], ["attach", "ghost"]):
         one_line_error(env.run(*cmd, cwd=repo), 4, "ghost")
+
+
+def test_auto_name_skips_a_branch_kept_by_an_earlier_agent(env: Env, repo: Path) -> None:
+    first = env.ok("spawn", "--agent-cmd", "true", cwd=repo).out.strip()
+    env.ok("rm", first)  # its branch stays
+    second = env.ok("spawn", "--agent-cmd", "true", cwd=repo).out.strip()
+    assert first == "true-1" and second == "true-2"
+    env.ok("rm", second, "--delete-branch")
+    git(repo, "branch", "-D", "sandbox/true-1")

@@ -262,6 +262,26 @@ class Bench:
         self.record("send_logs_s", median(sb))
         self.record("send_logs_raw_s", median(raw))
 
+    def diff_work(self) -> None:
+        print("diff (committed + uncommitted work) vs git diff in a worktree on the host", flush=True)
+        name = self.agents[0]
+        self.cli("exec", name, "--", "sh", "-c", "echo one > bench-a.txt && git add bench-a.txt && "
+                 "git commit -qm bench && echo two > bench-b.txt && echo three >> README.md")
+        raw_wt = self.tmp / "raw" / self.raw_names[0]
+        sb, sync, raw = [], [], []
+        for _ in range(self.reps):
+            dt, proc = self.cli("diff", name)
+            assert "bench-b.txt" in proc.stdout, proc.stdout[-300:]
+            sb.append(dt)
+            sync.append(self.cli("sync", name, check=False)[0])
+            t = time.perf_counter()  # what the host did before the trust boundary: git in the agent's worktree
+            self.run(["git", "-C", str(raw_wt), "status", "--porcelain"])
+            self.run(["git", "-C", str(raw_wt), "diff", "HEAD"])
+            raw.append(time.perf_counter() - t)
+        self.record("diff_s", median(sb))
+        self.record("sync_s", median(sync))
+        self.record("diff_raw_s", median(raw))
+
     def memory(self) -> None:
         print("memory per idle agent: container total less the agent's own processes", flush=True)
         time.sleep(1.0)  # let start-up transients settle
@@ -380,6 +400,7 @@ class Bench:
         self.fill(5)
         self.ls(5)
         self.send_logs()
+        self.diff_work()
         self.memory()
         self.raw_rm(self.raw_names)
         self.kill_until_ready()
@@ -512,6 +533,8 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     rt = ratio(r.get("spawn10_parallel_s"), r.get("spawn10_parallel_raw_s"))
     row("10 spawns in parallel (wall)", r.get("spawn10_parallel_s"), r.get("spawn10_parallel_raw_s"), "≤ 1.3×",
         le(rt, 1.3))
+    row("`sandbox diff` (brings the work over first)", r.get("diff_s"), r.get("diff_raw_s"), "(none)", None)
+    row("`sandbox sync` (one fetch from the container)", r.get("sync_s"), None, "(none)", None)
     rt = ratio(r.get("send_logs_s"), r.get("send_logs_raw_s"))
     row("`send` then `logs`", r.get("send_logs_s"), r.get("send_logs_raw_s"), "≤ 1.5×", le(rt, 1.5))
     mib = lambda x: "—" if x is None else f"{x:.1f} MiB"  # noqa: E731

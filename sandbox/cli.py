@@ -272,7 +272,7 @@ def rm(
     force: Annotated[bool, typer.Option("--force", "-f", help="Remove even with unsaved work (backed up first under refs/sandbox/backup/).")] = False,
     delete_branch: Annotated[bool, typer.Option("--delete-branch", help="Also delete the agent's branch.")] = False,
 ) -> None:
-    """Remove agents: container and worktree. Refuses when work would be lost unless --force (then backs it up).
+    """Remove agents: container, workspace and the agent's repository. Refuses when work would be lost unless --force (then backs it up).
 
     Example: sandbox rm sonnet-1
     """
@@ -282,7 +282,8 @@ def rm(
         _err(f"saved {b.name}'s work as {b.ref}; to get it back:\n  " + "\n  ".join(b.commands()))
 
     for name in names:
-        sb = mgr.remove(name, force=force, delete_branch=delete_branch, on_backup=saved)
+        sb = mgr.remove(name, force=force, delete_branch=delete_branch, on_backup=saved,
+                        on_kept=lambda why, n=name: _err(f"note: {n}: {why}"))
         kept = "" if delete_branch else f" (branch {sb.branch} kept)"
         typer.echo(f"removed {name}{kept}")
 

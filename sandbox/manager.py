@@ -596,13 +596,16 @@ class SandboxManager:
         return self.start(name)
 
     def remove(self, name: str, *, force: bool = False, delete_branch: bool = False,
-               on_backup: Callable[[Any], None] | None = None) -> Sandbox:
+               on_backup: Callable[[Any], None] | None = None,
+               on_kept: Callable[[str], None] | None = None) -> Sandbox:
         """Remove the container, the workspace and the agent's git dir; the branch stays unless asked.
 
         First brings the agent's work over (``sync``) and refuses when the workspace has uncommitted
         changes or commits neither merged nor pushed (or cannot be read), unless ``force``. Once the
         container is gone, the final state is read once more and, when at risk, saved under a
-        backup ref (see ``sandbox.work``), passed to ``on_backup``.
+        backup ref (see ``sandbox.work``), passed to ``on_backup``. When that final state cannot be
+        read, the workspace and the agent's git dir are kept (what was read last is backed up) and
+        ``on_kept`` gets why: nothing that could not be saved is ever deleted.
         """
         from sandbox import work
 
@@ -610,10 +613,15 @@ class SandboxManager:
         work.check_removable(self, sb, force=force)
         self.engine.remove(sb.container_id, force=True)
         gone = replace(sb, engine_state="removed")
-        saved = work.save_if_at_risk(self, gone)  # the agent is gone: this snapshot is final
+        saved, unreadable = work.save_if_at_risk(self, gone)  # the agent is gone: this snapshot is final
         if saved is not None and on_backup is not None:
             on_backup(saved)
-        self.drop_workspace(self.source(gone))
+        if unreadable:
+            if on_kept is not None:
+                on_kept(f"its final state cannot be read ({unreadable}): workspace kept at {sb.worktree}"
+                        f" and {sb.agent_git}")
+        else:
+            self.drop_workspace(self.source(gone))
         if delete_branch:
             gitops.branch_delete(self.repo_of(sb), sb.branch)
         shutil.rmtree(sb.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)

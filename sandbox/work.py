@@ -191,16 +191,15 @@ def check_removable(mgr: SandboxManager, sb: Sandbox, *, force: bool) -> None:
                        hint=f"`sandbox merge {sb.name}` or `sandbox push {sb.name}`; --force saves a backup ref, then removes")
 
 
-def save_if_at_risk(mgr: SandboxManager, sb: Sandbox) -> Backup | None:
+def save_if_at_risk(mgr: SandboxManager, sb: Sandbox) -> tuple[Backup | None, str]:
     """Once the container is gone (nothing writes any more): read the final state and back up
-    whatever would be lost. Unreadable: raises, and the caller keeps the workspace."""
+    whatever would be lost. Returns the backup (or None) and, when the final state cannot be read,
+    why (then the backup holds what was read last, and the caller must keep the workspace)."""
     work = of(mgr, sb, strict=False)
     if not work.readable:
-        if work.head and risk(replace(work, readable=True)):
-            backup(work)  # what was read last, before the caller gives up
-        raise AgentError(f"{sb.name}'s container is removed, but its final state cannot be read: {work.reason}",
-                         hint=f"its workspace is kept at {sb.worktree}; `sandbox gc --apply` tries again")
-    return backup(work) if risk(work) else None
+        saved = backup(work) if work.head and risk(replace(work, readable=True)) else None
+        return saved, work.reason
+    return (backup(work) if risk(work) else None), ""
 
 
 def backups(repo: gitops.Repo, name: str) -> list[str]:

@@ -98,7 +98,8 @@ def test_state_symlink_to_a_root_only_host_file_is_not_followed(env: Env, repo: 
     assert reasons.count("state file is a symbolic link") >= 4, reasons
     assert "state file is a symbolic link" in env.ok("ls", cwd=repo, timeout=BOUND).out
     res = env.run("wait", name, "--until", "idle", "--timeout", "2", timeout=BOUND)
-    assert res.code == 9 and marker not in res.out + res.err
+    # (9 while the link holds; 0 when a poll falls between the init's rewrite and the loop's)
+    assert res.code in (0, 9) and marker not in res.out + res.err
     env.ok("rm", "--force", name, timeout=BOUND)
 
 

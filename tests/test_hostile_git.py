@@ -125,6 +125,7 @@ def test_planted_git_config_hooks_attributes_never_run_on_the_host(
     assert code == 0, out
     assert git(repo, "show", "release:untracked.txt") == "new\n"
     others["release"] = git(repo, "rev-parse", "release").strip()
+    sh(env, name, "echo later > later.txt")  # new work, neither merged nor committed
     code, out = run(env, "apply", name, cwd=repo)
     assert code == 0 and "c.txt" in out, out
     git(repo, "reset", "-q", "--hard")
@@ -134,6 +135,7 @@ def test_planted_git_config_hooks_attributes_never_run_on_the_host(
     code, out = run(env, "restore", name, "--path", str(tmp_path / "restored"), cwd=repo)
     assert code == 0, out
     assert (tmp_path / "restored" / "untracked.txt").read_text() == "new\n"
+    assert (tmp_path / "restored" / "later.txt").read_text() == "later\n"
     code, out = run(env, "gc", "--apply", cwd=repo)
     assert code == 0, out
     assert_intact(repo, main_before, others, markers)
@@ -186,8 +188,10 @@ def test_malformed_objects_are_refused_by_the_hosts_fetch(env: Env, repo: Path, 
     assert git(repo, "rev-parse", f"sandbox/{name}").strip() == before
     code, out = run(env, "rm", name, cwd=repo)
     assert code == 5 and "cannot be read" in out, out  # unreadable work is never deleted silently
+    ws = Path(env.ok("ls", "--json", cwd=repo).json()[0]["workspace"])
+    code, out = run(env, "rm", "--force", name, cwd=repo)  # the container goes; what cannot be read stays
+    assert code == 0 and "workspace kept at" in out and (ws / ".gitmodules").is_file(), out
     assert_intact(repo, main_before, {}, markers)
-    env.ok("rm", "--force", name)
 
 
 def test_agent_tools_cannot_hang_or_flood_the_host(env: Env, repo: Path) -> None:
@@ -199,9 +203,14 @@ def test_agent_tools_cannot_hang_or_flood_the_host(env: Env, repo: Path) -> None
     env.env["SANDBOX_SYNC_TIMEOUT"] = "5"
     try:
         code, out = run(env, "diff", name, cwd=repo)
+        assert code == 8 and "timed out" in out, out
+        info = json.loads(subprocess.run(["docker", "inspect", f"sandbox-{name}"], capture_output=True,
+                                         text=True).stdout)
+        assert info[0]["State"]["Running"]
+        assert run(env, "rm", name, cwd=repo)[0] == 5  # cannot be read: refused
+        # Once the container is gone, a fresh reader container (without the agent's ~/.gitconfig) reads
+        # the final state: the work is backed up.
+        code, out = run(env, "rm", "--force", name, cwd=repo)
+        assert code == 0 and "refs/sandbox/backup/" in out, out
     finally:
         del env.env["SANDBOX_SYNC_TIMEOUT"]
-    assert code == 8 and "timed out" in out, out
-    info = json.loads(subprocess.run(["docker", "inspect", f"sandbox-{name}"], capture_output=True, text=True).stdout)
-    assert info[0]["State"]["Running"]
-    env.ok("rm", "--force", name)

@@ -326,5 +326,7 @@ def test_default_limits_and_unlimited() -> None:
     none = load_settings(memory="0", cpus=0)
     assert none.memory_limit() == 0 and none.cpus == 0
     assert memory_bytes("512m") == 512 * 1024**2 and memory_bytes("1GB") == 1024**3 and memory_bytes("100") == 100
-    with pytest.raises(ValueError, match="memory must be a size"):
+    from sandbox.errors import UsageError
+
+    with pytest.raises(UsageError, match="memory must be a size"):
         load_settings(memory="lots")

@@ -24,6 +24,8 @@ from sandbox.errors import Conflict, EngineError, EngineUnavailable, ImageMissin
 if TYPE_CHECKING:
     import docker
 
+    from sandbox.spec import ContainerSpec
+
 
 @dataclass(frozen=True)
 class ExecResult:
@@ -201,6 +203,34 @@ class Engine:
                 raise err
 
         return retry.call(retry.NAME_RELEASE, once)
+
+    def create_from(self, spec: ContainerSpec, network_id: str | None = None) -> str:
+        """Create (not start) the container a ``sandbox.spec.ContainerSpec`` describes: Docker's wording
+        (capabilities, security options, mounts, limits) lives here and nowhere else."""
+        host_config: dict[str, Any] = {
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "pids_limit": spec.limits.pids,
+            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": spec.restart_retries},
+        }
+        if spec.limits.memory:
+            host_config["mem_limit"] = spec.limits.memory
+        if spec.limits.nano_cpus:
+            host_config["nano_cpus"] = spec.limits.nano_cpus
+        if spec.network.disabled:
+            host_config["network_mode"] = "none"
+        elif network_id is not None:
+            host_config["network_mode"] = network_id
+        if spec.read_only_root:
+            host_config["read_only"] = True
+        if spec.tmpfs:
+            host_config["tmpfs"] = dict(spec.tmpfs)
+        if spec.volumes:
+            host_config["mounts"] = [{"Target": path, "Type": "volume"} for path in spec.volumes]
+        binds = [f"{b.source}:{b.target}:{'ro' if b.read_only else 'rw'}" for b in spec.binds]
+        return self.create(name=spec.name, image=spec.image, command=None, labels=spec.labels, env=spec.env,
+                           user=f"{spec.user[0]}:{spec.user[1]}", binds=binds, working_dir=spec.workdir,
+                           host_config=host_config)
 
     def _created_already(self, name: str, labels: dict[str, str]) -> tuple[str | None, str | None]:
         """(id of container ``name`` if it carries our ``labels`` — our earlier create took effect,

@@ -34,10 +34,12 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-LAUNCH = "/var/lib/sandbox/launch.json"
-SECRETS = "/var/lib/sandbox/secrets.json"
-STATE_DIR = os.environ.get("SANDBOX_STATE_DIR", "/run/sandbox-state")
-STATE = os.path.join(STATE_DIR, "state.json")
+from sandbox import contract as C  # noqa: E402  (stdlib only, light)
+
+LAUNCH = C.LAUNCH_FILE
+SECRETS = C.SECRETS_FILE
+STATE_DIR = os.environ.get("SANDBOX_STATE_DIR", C.STATE_MOUNT)
+STATE = os.path.join(STATE_DIR, C.STATE_FILE)
 TMUX_CONF = "/tmp/sandbox-tmux.conf"
 MOCK_KEY = "sk-ant-sandbox-mock-model-offline-0000"
 
@@ -130,13 +132,13 @@ def tmux(*args: str, check: bool = True) -> Done:
     return Done(code, b"".join(chunks).decode("utf-8", "replace"))
 
 
-def _setup_home(launch: dict[str, Any], api_key: str | None) -> None:
+def _setup_home(launch: C.Launch, api_key: str | None) -> None:
     home = os.environ.get("HOME", "/home/agent")
     os.makedirs(home, exist_ok=True)
-    workdir = launch["workdir"]
-    ident = launch.get("git_identity") or {}
+    workdir = launch.workdir
+    ident = launch.git_identity
     gitconfig = "[user]\n\tname = {}\n\temail = {}\n".format(
-        ident.get("name") or f"sandbox agent {launch['name']}", ident.get("email") or "agent@sandbox.invalid"
+        ident.get("name") or f"sandbox agent {launch.name}", ident.get("email") or "agent@sandbox.invalid"
     )
     _write(os.path.join(home, ".gitconfig"), gitconfig)
     _write(TMUX_CONF, 
@@ -144,7 +146,7 @@ def _setup_home(launch: dict[str, Any], api_key: str | None) -> None:
         "set -g status-right ' sandbox:#{session_name} '\n"
         f"set-hook -g pane-died 'run-shell -b \"kill -USR1 {os.getpid()}\"'\n"
     )
-    if not launch.get("claude"):
+    if not launch.claude:
         return
     claude_json = os.path.join(home, ".claude.json")
     cfg: dict[str, Any] = {}
@@ -166,13 +168,13 @@ def _setup_home(launch: dict[str, Any], api_key: str | None) -> None:
     _write(os.path.join(home, ".claude", "settings.json"), json.dumps({"hooks": hooks}))
 
 
-def _start_mock(launch: dict[str, Any], env: dict[str, str]) -> None:
+def _start_mock(launch: C.Launch, env: dict[str, str]) -> None:
     ready = "/tmp/sandbox-mock.port"
     if os.path.exists(ready):
         os.unlink(ready)
     argv = [sys.executable, "-m", "sandbox.mockmodel", "--host", "127.0.0.1", "--port", "0",
             "--ready-file", ready, "--log", "/tmp/sandbox-mock.log"]
-    script = launch.get("mock_script")
+    script = launch.mock_script
     if script:
         _write("/tmp/sandbox-mock-script.json", json.dumps(script))
         argv += ["--script", "/tmp/sandbox-mock-script.json"]
@@ -197,7 +199,7 @@ PROMPT_PATTERNS = re.compile(
     r"(\(y/n\)|\[y/n\]|\[Y/n\]|\[y/N\]|\(yes/no\)|Do you want to|Allow .*\?|Press Enter|Continue\?|Approve)",
     re.IGNORECASE,
 )
-TERMINAL = ("exited", "failed", "stopped")
+TERMINAL = C.TERMINAL
 TICK = 1.0    # the loop's period when something needs a clock (fallback state, time limits)
 NAP = 60.0    # otherwise: only the pane-died signal (or this safety net) wakes it
 WAKE: list[int] = []  # the read end of the signal wake-up pipe, set up by init()
@@ -300,16 +302,16 @@ def _kill_agent(pid: int) -> None:
 class Supervisor:
     """Runs the agent in the tmux pane; restarts it on failure; enforces the time limits."""
 
-    def __init__(self, launch: dict[str, Any]) -> None:
+    def __init__(self, launch: C.Launch) -> None:
         self.launch = launch
-        self.session = str(launch["session"])
-        self.argv = [str(a) for a in launch["argv"]]
-        self.retries = int(launch.get("retries", 3))
-        self.base = float(launch.get("backoff", 1.0))
-        self.stable_after = float(launch.get("stable_after", 60.0))
-        self.max_time = float(launch.get("max_time") or 0)
-        self.idle_timeout = float(launch.get("idle_timeout") or 0)
-        self.hooks = bool(launch.get("claude"))
+        self.session = launch.session
+        self.argv = [str(a) for a in launch.argv]
+        self.retries = int(launch.retries)
+        self.base = float(launch.backoff)
+        self.stable_after = float(launch.stable_after)
+        self.max_time = float(launch.max_time or 0)
+        self.idle_timeout = float(launch.idle_timeout or 0)
+        self.hooks = bool(launch.claude)
         self.t0 = time.time()
         prev = read_state()
         self.attempt = int(prev.get("attempt", 0))
@@ -327,18 +329,15 @@ class Supervisor:
         write_state("starting", attempt=self.attempt, failures=self.failures, exit_code=None,
                     reason=None if self.attempt == 1 else f"restarted (attempt {self.attempt})",
                     prompts=0, activity=self.attempt_t0, started=self.attempt_t0)
-        target = f"={self.session}:"
+        target = C.tmux_target(self.session)
         argv = agent_command(self.attempt, self.argv)
         if tmux("has-session", "-t", f"={self.session}", check=False).returncode == 0:
-            tmux("respawn-pane", "-k", "-t", target, "-c", self.launch["workdir"], "--", *argv)
+            tmux("respawn-pane", "-k", "-t", target, "-c", self.launch.workdir, "--", *argv)
         else:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
-                 "-c", self.launch["workdir"], "--", *argv)
-        if self.launch.get("delivery") == "type" and self.launch.get("task"):
-            task = self.launch["task"]  # a trailing ";" would be a tmux separator (see sandbox.tmux.literal)
-            tmux("set-buffer", "-b", "sandbox-task", "--", task[:-1] + "\\;" if task.endswith(";") else task)
-            tmux("paste-buffer", "-p", "-d", "-r", "-b", "sandbox-task", "-t", target)
-            tmux("send-keys", "-t", target, "Enter")
+                 "-c", self.launch.workdir, "--", *argv)
+        if self.launch.delivery == "type" and self.launch.task:
+            tmux(*C.tmux_paste(target, self.launch.task, buffer="sandbox-task"))
 
     def on_exit(self, code: int) -> float | None:
         """The agent's process ended: a delay before restarting it, or None to stay down."""
@@ -418,7 +417,7 @@ class Supervisor:
 
 
 def init() -> int:
-    launch = json.loads(_read(LAUNCH))
+    launch = C.Launch.from_json(_read(LAUNCH))
     secrets: dict[str, str] = {}
     if os.path.exists(SECRETS):
         secrets = json.loads(_read(SECRETS))
@@ -445,7 +444,7 @@ def init() -> int:
 
     sup = Supervisor(launch)
     argv = sup.argv
-    if launch.get("mock_model"):
+    if launch.mock_model:
         _start_mock(launch, env)
     _setup_home(launch, env.get("ANTHROPIC_API_KEY"))
     os.environ.clear()
@@ -511,8 +510,8 @@ def hook(event: str) -> int:
         fields["prompts"] = int(current.get("prompts", 0)) + 1
     elif event == "SessionStart" and int(current.get("prompts", 0)) == 0:
         # A task given as the prompt argument is submitted right after start: busy, not idle.
-        launch = json.loads(_read(LAUNCH))
-        if launch.get("task") and launch.get("delivery") == "arg":
+        launch = C.Launch.from_json(_read(LAUNCH))
+        if launch.task and launch.delivery == "arg":
             state = "busy"
     elif event == "Notification":
         message = str(payload.get("message") or "")
@@ -522,7 +521,7 @@ def hook(event: str) -> int:
             return 0  # Claude Code's reminder after a long idle: still idle, nothing new is asked
     elif event == "Stop":
         answer = _last_answer(payload)
-        _replace(os.path.join(STATE_DIR, "reply.txt"), answer)
+        _replace(os.path.join(STATE_DIR, C.REPLY_FILE), answer)
         fields["stops"] = int(current.get("stops", 0)) + 1
         if answer.rstrip().endswith("?"):
             state = "waiting"  # the turn ended with a question for the user

@@ -8,7 +8,6 @@ Everything ``list`` shows comes from one label-filtered engine call plus local s
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox import __version__, agentfiles, agents, capacity, contract, gitops, labels as L
+from sandbox import agentfiles, agents, capacity, contract, gitops, labels as L, spec as spec_
 from sandbox.engine import Engine, ExecResult
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
 from sandbox.tmux import Tmux
@@ -178,19 +177,6 @@ def _chown_tree(uid: int, gid: int, *paths: Path) -> None:
                 os.lchown(os.path.join(root, n), uid, gid)
 
 
-def _limits_and_network(s: Settings, engine: Engine) -> dict[str, Any]:
-    """``host_config`` fields: memory and CPU limits (0 = none), and for the default profile the agents'
-    own bridge network, on which they cannot reach each other (README "Security"); `locked` has none."""
-    fields: dict[str, Any] = {}
-    if s.memory_limit():
-        fields["mem_limit"] = s.memory_limit()
-    if s.cpus:
-        fields["nano_cpus"] = int(s.cpus * 1e9)
-    if s.profile != "locked":
-        fields["network_mode"] = engine.ensure_network(s.network, {L.MANAGED: "1"}, icc=False)
-    return fields
-
-
 class SandboxManager:
     """Create, find and remove agent sandboxes. Holds one engine connection."""
 
@@ -316,7 +302,7 @@ class SandboxManager:
     def _spawn_named(
         self,
         name: str,
-        spec: agents.AgentSpec,
+        agent: agents.AgentSpec,
         task: str | None,
         model: str | None,
         repo: gitops.Repo,
@@ -347,89 +333,24 @@ class SandboxManager:
         uid, gid = s.uid_gid()
         if uid == 0:
             raise UsageError("the agent never runs as root: set SANDBOX_AGENT_UID to a non-zero uid")
+        ws = spec_.Workspace(path=worktree, agent_git=agent_git, objects=repo.common_dir / "objects",
+                             state_dir=state_dir)
+        secrets, use_mock = self._secrets(agent)
+        req = spec_.Request(
+            name=name, agent=agent, model=model, task=task, repo_top=repo.top, common_dir=repo.common_dir,
+            branch=branch, base=base_sha, image_id=image_id, image_ref=s.image, profile=s.profile, uid=uid,
+            gid=gid, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), retries=s.retries,
+            retry_backoff=s.retry_backoff, max_time=s.max_time, idle_timeout=s.idle_timeout,
+            memory=s.memory_limit(), nano_cpus=int(s.cpus * 1e9) if s.cpus else 0, pids_limit=s.pids_limit,
+            network=s.network, run_id=s.run_id, use_mock=use_mock, mock_script=mock_script,
+            git_identity=self._git_identity(repo), secrets=secrets)
+        container = spec_.build(req, ws)
 
         with ExitStack() as undo:
             step(f"workspace {worktree} on branch {branch}")
-            gitops.branch_create(repo, branch, base_sha)
-            undo.callback(gitops.branch_delete, repo, branch)
-            undo.callback(shutil.rmtree, agent_git, True)
-            undo.callback(shutil.rmtree, worktree, True)
-            gitops.workspace_create(repo, worktree, agent_git, branch, base_sha)
-            (worktree / ".git").write_text(contract.GITFILE)
-            if os.getuid() == 0:
-                _chown_tree(uid, gid, worktree, agent_git)  # (the .git file too: git checks its owner; it is mounted ro)
-            binds = self._workspace_binds(repo, worktree, agent_git)
-            self._sync_mark(name, agent_git)
-            self._record_repo(repo)
-
-            if state_dir.exists():
-                shutil.rmtree(state_dir)
-            state_dir.mkdir(parents=True)
-            if os.getuid() == 0:
-                os.chown(state_dir, uid, gid)
-            undo.callback(shutil.rmtree, state_dir, True)
-            binds.append(f"{state_dir}:{STATE_MOUNT}:rw")
-
-            labels = self._labels(name, spec, model, repo, branch, base_sha, worktree, state_dir, task, uid)
-            labels[L.AGENT_GIT] = str(agent_git)
-            host_config: dict[str, Any] = {
-                "cap_drop": ["ALL"],
-                "security_opt": ["no-new-privileges:true"],
-                "pids_limit": s.pids_limit,
-            }
-            host_config.update(_limits_and_network(s, self.engine))
-            # A container that dies (its init killed, OOM…) is restarted by the engine; the init counts
-            # it as a failed attempt. (`docker kill`/`stop` count as manual stops: no restart.)
-            host_config["restart_policy"] = {"Name": "on-failure", "MaximumRetryCount": s.retries + 1}
-            if s.profile == "locked":
-                host_config["network_mode"] = "none"
-                host_config["read_only"] = True
-                host_config["tmpfs"] = {"/tmp": "rw,nosuid,nodev,size=512m", "/home/agent": "rw,nosuid,nodev,mode=1777"}
-                # The launch files are copied in before start: an anonymous volume takes them
-                # where the read-only root cannot (removed with the container).
-                host_config["mounts"] = [{"Target": "/var/lib/sandbox", "Type": "volume"}]
-            step(f"container {CONTAINER_PREFIX}{name}")
-            try:
-                cid = self.engine.create(
-                    name=CONTAINER_PREFIX + name,
-                    image=image_id,
-                    command=None,
-                    labels=labels,
-                    env={"SANDBOX_NAME": name},
-                    user=f"{uid}:{gid}",
-                    binds=binds,
-                    working_dir=str(worktree),
-                    host_config=host_config,
-                )
-            except Conflict:
-                raise _NameTaken(name) from None
-            undo.callback(self.engine.remove, cid)
-            slot.recheck()
-
-            secrets, use_mock = self._secrets(spec)
-            launch = {
-                "name": name,
-                "session": name,
-                "argv": list(spec.argv),
-                "task": task or "",
-                "delivery": spec.delivery,
-                "workdir": str(worktree),
-                "claude": spec.claude,
-                "mock_model": use_mock,
-                "mock_script": mock_script,
-                "git_identity": self._git_identity(repo),
-                "retries": s.retries,
-                "backoff": s.retry_backoff,
-                "max_time": s.max_time,
-                "idle_timeout": s.idle_timeout,
-            }
-            files = {
-                "launch.json": (json.dumps(launch).encode(), 0o600),
-                "secrets.json": (json.dumps(secrets).encode(), 0o400),
-            }
-            self.engine.put_archive(cid, "/var/lib/sandbox", _tar(files, uid, gid, "."))
-            self.engine.start(cid)
-            slot.release()  # the new agent is `starting` now: it counts itself
+            self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo)
+            step(f"container {container.name}")
+            self._run(container, undo, slot)
             sandbox = self.get(name)
             if wait_ready:
                 step("waiting for the agent to be ready")
@@ -438,53 +359,49 @@ class SandboxManager:
             return sandbox
         raise AssertionError("unreachable")
 
-    @staticmethod
-    def _workspace_binds(repo: gitops.Repo, worktree: Path, agent_git: Path) -> list[str]:
-        """The workspace (rw) under a read-only ``.git`` file that points at the agent's own git dir
-        (rw, at a path that exists only in the container), and the host's object store read-only
-        (what the agent's repository borrows). Nothing else of the host's repository."""
-        objects = repo.common_dir / "objects"
-        return [
-            f"{worktree}:{worktree}:rw",
-            f"{worktree / '.git'}:{worktree / '.git'}:ro",
-            f"{agent_git}:{contract.AGENT_GIT}:rw",
-            f"{objects}:{objects}:ro",
-        ]
+    def _make_workspace(self, repo: gitops.Repo, ws: spec_.Workspace, branch: str, base: str, uid: int, gid: int,
+                        undo: ExitStack) -> None:
+        """The host branch, the agent's own repository and workspace, its state dir (each undone on failure)."""
+        gitops.branch_create(repo, branch, base)
+        undo.callback(gitops.branch_delete, repo, branch)
+        undo.callback(shutil.rmtree, ws.agent_git, True)
+        undo.callback(shutil.rmtree, ws.path, True)
+        gitops.workspace_create(repo, ws.path, ws.agent_git, branch, base)
+        (ws.path / ".git").write_text(contract.GITFILE)
+        if os.getuid() == 0:
+            _chown_tree(uid, gid, ws.path, ws.agent_git)  # (the .git file too: git checks its owner; it is mounted ro)
+        self._sync_mark(ws.path.name, ws.agent_git)
+        self._record_repo(repo)
+        if ws.state_dir.exists():
+            shutil.rmtree(ws.state_dir)
+        ws.state_dir.mkdir(parents=True)
+        if os.getuid() == 0:
+            os.chown(ws.state_dir, uid, gid)
+        undo.callback(shutil.rmtree, ws.state_dir, True)
 
-    def _labels(self, name: str, spec: agents.AgentSpec, model: str | None, repo: gitops.Repo, branch: str,
-                base_sha: str, worktree: Path, state_dir: Path, task: str | None, uid: int) -> dict[str, str]:
-        labels = {
-            L.MANAGED: "1",
-            L.SCHEMA_KEY: L.SCHEMA,
-            L.NAME: name,
-            L.AGENT: spec.name,
-            L.MODEL: model or "",
-            L.REPO: str(repo.top),
-            L.GITDIR: str(repo.common_dir),
-            L.BRANCH: branch,
-            L.BASE: base_sha,
-            L.WORKTREE: str(worktree),
-            L.IMAGE: self.settings.image,
-            L.PROFILE: self.settings.profile,
-            L.CREATED: datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            L.VERSION: __version__,
-            L.TASK: L.summarize(task or ""),
-            L.SESSION: name,
-            L.UID: str(uid),
-            L.STATE_DIR: str(state_dir),
-        }
-        if self.settings.run_id:
-            labels[L.RUN_ID] = self.settings.run_id
-        labels[L.RETRIES] = str(self.settings.retries)
-        labels[L.MAX_TIME] = f"{self.settings.max_time:g}" if self.settings.max_time else ""
-        labels[L.IDLE_TIMEOUT] = f"{self.settings.idle_timeout:g}" if self.settings.idle_timeout else ""
-        return labels
+    def _run(self, container: spec_.ContainerSpec, undo: ExitStack, slot: capacity.Slot) -> str:
+        """Spawn, second half: create what the spec says, copy the launch files in, start it."""
+        network_id = None
+        if not container.network.disabled:
+            network_id = self.engine.ensure_network(container.network.name, {L.MANAGED: "1"},
+                                                    icc=not container.network.isolated)
+        try:
+            cid = self.engine.create_from(container, network_id)
+        except Conflict:
+            raise _NameTaken(container.labels[L.NAME]) from None
+        undo.callback(self.engine.remove, cid)
+        slot.recheck()
+        uid, gid = container.user
+        self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(container.files(), uid, gid, "."))
+        self.engine.start(cid)
+        slot.release()  # the new agent is `starting` now: it counts itself
+        return cid
 
-    def _secrets(self, spec: agents.AgentSpec) -> tuple[dict[str, str], bool]:
+    def _secrets(self, agent: agents.AgentSpec) -> tuple[dict[str, str], bool]:
         secrets = {k: os.environ[k] for k in self.settings.secret_env if os.environ.get(k)}
         mode = self.settings.mock_model
         has_key = any(k in secrets for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"))
-        use_mock = spec.claude and (mode == "on" or (mode == "auto" and not has_key))
+        use_mock = agent.claude and (mode == "on" or (mode == "auto" and not has_key))
         return secrets, use_mock
 
     @staticmethod

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from sandbox.contract import tmux_literal as literal, tmux_paste, tmux_target
 from sandbox.errors import AgentError
 
 BUFFER = "sandbox-send"
+__all__ = ["BUFFER", "Executor", "LocalExecutor", "Result", "Tmux", "literal"]
 
 
 class Result(Protocol):
@@ -47,15 +49,6 @@ class LocalExecutor:
         return LocalResult(proc.returncode, proc.stdout, proc.stderr)
 
 
-def literal(arg: str) -> str:
-    """Protect an argv element from tmux's command parser.
-
-    tmux treats an element ending in ';' as a command separator, and one ending in '\\;' as a
-    literal ';' (dropping that backslash): escape a trailing ';' so the text arrives byte-exact.
-    """
-    return arg[:-1] + "\\;" if arg.endswith(";") else arg
-
-
 class Tmux:
     """One tmux session, reached through an executor."""
 
@@ -65,7 +58,7 @@ class Tmux:
 
     @property
     def target(self) -> str:
-        return f"={self.session}:"
+        return tmux_target(self.session)
 
     def _run(self, *args: str, check: bool = True) -> Result:
         res = self.executor.run(["tmux", *args])
@@ -79,14 +72,9 @@ class Tmux:
 
     def send(self, text: str, *, enter: bool = True) -> None:
         """Type ``text`` byte-exact (as a bracketed paste), then Enter."""
-        tail: list[str] = ["paste-buffer", "-p", "-d", "-r", "-b", BUFFER, "-t", self.target]
-        if enter:
-            tail += [";", "send-keys", "-t", self.target, "Enter"]
-        if not text:
-            if enter:
-                self._run("send-keys", "-t", self.target, "Enter")
-            return
-        self._run("set-buffer", "-b", BUFFER, "--", literal(text), ";", *tail)
+        args = tmux_paste(self.target, text, buffer=BUFFER, enter=enter)
+        if args:
+            self._run(*args)
 
     def send_keys(self, keys: Sequence[str]) -> None:
         """Send tmux key names (``C-c``, ``Escape``, ``Enter``)."""

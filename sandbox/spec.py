@@ -1,0 +1,221 @@
+"""Spawn, first half: a pure description of the container an agent gets (no engine, no git, no I/O).
+
+``build`` turns (agent preset, settings, profile, repository, workspace) into a ``ContainerSpec``:
+image, user, mounts, limits, network, labels, the launch document and the files to copy in. The
+runner in ``sandbox.manager`` creates what a spec says and undoes it on failure; the engine module
+translates it into Docker's wording (``Engine.create``). A new profile is a function in
+``PROFILES``; a new workspace mode is another ``Workspace`` (its ``binds``); a new backend takes the
+same spec.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from sandbox import __version__, contract, labels as L
+from sandbox.agents import AgentSpec
+
+CONTAINER_PREFIX = "sandbox-"
+
+
+@dataclass(frozen=True)
+class Bind:
+    source: str
+    target: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: int = 0        # bytes; 0 = unlimited
+    nano_cpus: int = 0     # 1e9 = one CPU; 0 = unlimited
+    pids: int = 1024
+
+
+@dataclass(frozen=True)
+class Network:
+    """Where the container's network comes from: ``none``, or a bridge of ours (made on demand)."""
+
+    name: str                    # "none", or the bridge's name
+    isolated: bool = True        # a bridge without container-to-container traffic (ICC off)
+
+    @property
+    def disabled(self) -> bool:
+        return self.name == "none"
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The clone workspace mode: the agent's working files and its own git dir on the host, the host
+    repository's object store it borrows (read-only), and its state dir."""
+
+    path: Path
+    agent_git: Path
+    objects: Path
+    state_dir: Path
+
+    def binds(self) -> tuple[Bind, ...]:
+        """The workspace (rw) under a read-only ``.git`` file that points at the agent's own git dir (rw,
+        at a path that exists only in the container), the host's objects read-only, the state dir."""
+        return (
+            Bind(str(self.path), str(self.path)),
+            Bind(str(self.path / ".git"), str(self.path / ".git"), read_only=True),
+            Bind(str(self.agent_git), contract.AGENT_GIT),
+            Bind(str(self.objects), str(self.objects), read_only=True),
+            Bind(str(self.state_dir), contract.STATE_MOUNT),
+        )
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything about one agent's container, before anything exists."""
+
+    name: str                                  # the container's name (sandbox-NAME)
+    image: str                                 # an image ID (never pulled)
+    user: tuple[int, int]                      # uid, gid: never 0
+    workdir: str
+    labels: dict[str, str]
+    env: dict[str, str]
+    binds: tuple[Bind, ...]
+    limits: Limits
+    network: Network
+    restart_retries: int                       # the engine's on-failure restarts (the init counts them)
+    launch: contract.Launch
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # copied in, never in inspect
+    read_only_root: bool = False
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()              # anonymous volumes at these paths (removed with it)
+
+    def files(self) -> dict[str, tuple[bytes, int]]:
+        """What is copied into ``contract.LAUNCH_DIR`` before start: name -> (content, mode)."""
+        return {
+            "launch.json": (self.launch.to_json().encode(), 0o600),
+            "secrets.json": (json.dumps(self.secrets).encode(), 0o400),
+        }
+
+
+# -- profiles: small transformations of a spec ------------------------------------------------------
+def default_profile(spec: ContainerSpec) -> ContainerSpec:
+    """The agents' own bridge network (no agent-to-agent traffic); outbound as the host allows."""
+    return spec
+
+
+def locked_profile(spec: ContainerSpec) -> ContainerSpec:
+    """No network at all, a read-only root: only the workspace, /tmp and $HOME are writable. The launch
+    files are copied in before start: an anonymous volume takes them where the read-only root cannot."""
+    return replace(spec, network=Network("none"), read_only_root=True,
+                   tmpfs={"/tmp": "rw,nosuid,nodev,size=512m", "/home/agent": "rw,nosuid,nodev,mode=1777"},
+                   volumes=(*spec.volumes, contract.LAUNCH_DIR))
+
+
+PROFILES: dict[str, Callable[[ContainerSpec], ContainerSpec]] = {
+    "default": default_profile,
+    "locked": locked_profile,
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a spawn was asked for, resolved (settings applied, names chosen, paths made)."""
+
+    name: str
+    agent: AgentSpec
+    model: str | None
+    task: str | None
+    repo_top: Path
+    common_dir: Path
+    branch: str
+    base: str
+    image_id: str
+    image_ref: str
+    profile: str
+    uid: int
+    gid: int
+    created: str                   # ISO 8601, UTC
+    retries: int = 3
+    retry_backoff: float = 0.5
+    max_time: float | None = None
+    idle_timeout: float | None = None
+    memory: int = 0
+    nano_cpus: int = 0
+    pids_limit: int = 1024
+    network: str = "sandbox-net"
+    run_id: str | None = None
+    use_mock: bool = False
+    mock_script: dict[str, object] | None = None
+    git_identity: dict[str, str] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+def labels_for(req: Request, ws: Workspace) -> dict[str, str]:
+    labels = {
+        L.MANAGED: "1",
+        L.SCHEMA_KEY: L.SCHEMA,
+        L.NAME: req.name,
+        L.AGENT: req.agent.name,
+        L.MODEL: req.model or "",
+        L.REPO: str(req.repo_top),
+        L.GITDIR: str(req.common_dir),
+        L.BRANCH: req.branch,
+        L.BASE: req.base,
+        L.WORKTREE: str(ws.path),
+        L.AGENT_GIT: str(ws.agent_git),
+        L.IMAGE: req.image_ref,
+        L.PROFILE: req.profile,
+        L.CREATED: req.created,
+        L.VERSION: __version__,
+        L.TASK: L.summarize(req.task or ""),
+        L.SESSION: req.name,
+        L.UID: str(req.uid),
+        L.STATE_DIR: str(ws.state_dir),
+        L.RETRIES: str(req.retries),
+        L.MAX_TIME: f"{req.max_time:g}" if req.max_time else "",
+        L.IDLE_TIMEOUT: f"{req.idle_timeout:g}" if req.idle_timeout else "",
+    }
+    if req.run_id:
+        labels[L.RUN_ID] = req.run_id
+    return labels
+
+
+def build(req: Request, ws: Workspace) -> ContainerSpec:
+    """The container for ``req`` in workspace ``ws`` (pure: the same inputs give the same spec)."""
+    if req.uid == 0:
+        raise ValueError("the agent never runs as root")
+    if req.profile not in PROFILES:
+        raise ValueError(f"unknown profile {req.profile!r}")
+    launch = contract.Launch(
+        name=req.name,
+        session=req.name,
+        argv=list(req.agent.argv),
+        workdir=str(ws.path),
+        task=req.task or "",
+        delivery=req.agent.delivery,
+        claude=req.agent.claude,
+        mock_model=req.use_mock,
+        mock_script=dict(req.mock_script) if req.mock_script else None,
+        git_identity=dict(req.git_identity),
+        retries=req.retries,
+        backoff=req.retry_backoff,
+        max_time=req.max_time or 0.0,
+        idle_timeout=req.idle_timeout or 0.0,
+    )
+    spec = ContainerSpec(
+        name=CONTAINER_PREFIX + req.name,
+        image=req.image_id,
+        user=(req.uid, req.gid),
+        workdir=str(ws.path),
+        labels=labels_for(req, ws),
+        env={"SANDBOX_NAME": req.name},
+        binds=ws.binds(),
+        limits=Limits(memory=req.memory, nano_cpus=req.nano_cpus, pids=req.pids_limit),
+        network=Network(req.network),
+        # A container that dies (its init killed, OOM…) is restarted by the engine; the init counts it
+        # as a failed attempt. (`docker kill`/`stop` count as manual stops: no restart.)
+        restart_retries=req.retries + 1,
+        launch=launch,
+        secrets=dict(req.secrets),
+    )
+    return PROFILES[req.profile](spec)

@@ -19,6 +19,8 @@ import re
 import stat
 from typing import Any, NamedTuple
 
+from sandbox.contract import S
+
 STATE_CAP = 256 * 1024   # state.json: a few hundred bytes in practice
 REPLY_CAP = 1024 * 1024  # reply.txt: one turn's assistant text
 REASON_MAX = 500         # a reason from the agent is shown in `ls`: one bounded line
@@ -110,8 +112,8 @@ def _size(n: int) -> str:
 # -- state.json --------------------------------------------------------------------------------------
 # Fields the host computes with, and the type each must have; a value of another type is dropped
 # (an agent's state file must not be able to crash `ls`).
-_INTS = ("attempt", "exit_code", "failures", "stops")
-_TIMES = ("ts", "since", "activity")
+_INTS = (S.ATTEMPT, S.EXIT_CODE, S.FAILURES, S.STOPS)
+_TIMES = (S.TS, S.SINCE, S.ACTIVITY)
 
 
 def parse_state(data: bytes, what: str = "state file") -> tuple[dict[str, Any] | None, str]:
@@ -132,7 +134,7 @@ def parse_state(data: bytes, what: str = "state file") -> tuple[dict[str, Any] |
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                               or not math.isfinite(v) or not 0 <= v < 1e11):
             del state[key]
-    for key in ("state", "reason"):  # printed by `ls`: one bounded line, no terminal escapes
+    for key in (S.STATE, S.REASON):  # printed by `ls`: one bounded line, no terminal escapes
         v = state.get(key)
         if v is not None:
             if not isinstance(v, str):

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox import agentfiles, agents, capacity, contract, gitops, labels as L, spec as spec_
+from sandbox.contract import S
 from sandbox.engine import Engine, ExecResult
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
 from sandbox.tmux import Tmux
@@ -73,38 +74,39 @@ class Sandbox:
     def state(self) -> str:
         """One word (README "States"): the agent's state file while the container runs, else
         what the container's end says (stopped by us / failed for good / exited)."""
-        own = self.agent_state.get("state")
+        own = self.agent_state.get(S.STATE)
         if self.engine_state == "running":
-            return str(own or "starting")
+            return str(own or contract.STARTING)
         if self.engine_state in ("exited", "dead"):
-            return str(own) if own in ("stopped", "failed") else "exited"
+            return str(own) if own in (contract.STOPPED, contract.FAILED) else contract.EXITED
         if self.engine_state in ("created", "restarting"):
-            return "starting"
+            return contract.STARTING
         return self.engine_state
 
     @property
     def exit_code(self) -> int | None:
         """The agent's last exit code; for a container that died, the container's."""
-        code = self.agent_state.get("exit_code")
-        if self.engine_state in ("exited", "dead") and self.agent_state.get("state") not in ("stopped", "failed", "exited"):
+        code = self.agent_state.get(S.EXIT_CODE)
+        if self.engine_state in ("exited", "dead") and self.agent_state.get(S.STATE) not in contract.TERMINAL:
             m = re.match(r"Exited \((-?\d+)\)", self.status)
             return int(m.group(1)) if m else code
         return int(code) if code is not None else None
 
     @property
     def reason(self) -> str:
-        if self.engine_state in ("exited", "dead") and self.state == "exited" and self.agent_state.get("state") != "exited":
+        if self.engine_state in ("exited", "dead") and self.state == contract.EXITED \
+                and self.agent_state.get(S.STATE) != contract.EXITED:
             return f"container exited ({self.exit_code})"
-        return str(self.agent_state.get("reason") or "")
+        return str(self.agent_state.get(S.REASON) or "")
 
     @property
     def attempt(self) -> int:
-        return int(self.agent_state.get("attempt") or 0)
+        return int(self.agent_state.get(S.ATTEMPT) or 0)
 
     @property
     def activity(self) -> float | None:
         """Epoch seconds of the agent's last activity (hook event or pane output)."""
-        ts = self.agent_state.get("activity") or self.agent_state.get("ts")
+        ts = self.agent_state.get(S.ACTIVITY) or self.agent_state.get(S.TS)
         return float(ts) if ts else None
 
     @property
@@ -425,11 +427,11 @@ class SandboxManager:
         checks = 0
         while True:
             state = _read_state(str(state_file.parent))
-            st = state.get("state") if float(state.get("ts") or 0) >= since else None
-            if st in ("ready", "idle", "busy", "waiting") or (st == "exited" and state.get("exit_code") == 0):
+            st = state.get(S.STATE) if float(state.get(S.TS) or 0) >= since else None
+            if st in contract.ACCEPTS_INPUT or (st == contract.EXITED and state.get(S.EXIT_CODE) == 0):
                 return self.get(sandbox.name)  # (a quick agent may have started and finished already)
-            if st in ("failed", "exited", "stopped"):
-                raise AgentError(f"agent {sandbox.name} did not start: {state.get('reason') or st}")
+            if st in contract.TERMINAL:
+                raise AgentError(f"agent {sandbox.name} did not start: {state.get(S.REASON) or st}")
             checks += 1
             if checks % 20 == 0:  # now and then, make sure the container is still there
                 current = self.get(sandbox.name)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, git
+from tests.conftest import TEST_USER, Env, git
 
 pytestmark = pytest.mark.slow
 BOUND = 90  # seconds: no host command may take longer (a hang is a failure, not a stuck CI)
@@ -74,12 +74,12 @@ def plant(env: Env, name: str, markers: Path) -> None:
     sh(env, name, script)
 
 
-def assert_intact(repo: Path, main_before: str, others: dict[str, str], markers: Path) -> None:
+def assert_intact(repo: Path, main_before: str, others: dict[str, str], markers: Path, g=git) -> None:  # type: ignore[no-untyped-def]
     assert sorted(p.name for p in markers.iterdir()) == [], "a planted command ran on the host"
-    git(repo, "fsck", "--strict", "--no-dangling")
-    assert git(repo, "rev-parse", "main").strip() == main_before
+    g(repo, "fsck", "--strict", "--no-dangling")
+    assert g(repo, "rev-parse", "main").strip() == main_before
     for branch, sha in others.items():
-        assert git(repo, "rev-parse", branch).strip() == sha, f"{branch} moved"
+        assert g(repo, "rev-parse", branch).strip() == sha, f"{branch} moved"
 
 
 @pytest.fixture
@@ -214,3 +214,30 @@ def test_agent_tools_cannot_hang_or_flood_the_host(env: Env, repo: Path) -> None
         assert code == 0 and "refs/sandbox/backup/" in out, out
     finally:
         del env.env["SANDBOX_SYNC_TIMEOUT"]
+
+
+def test_planted_git_code_never_runs_for_a_non_root_user(unprivileged: Env) -> None:
+    """The agent runs as the invoking user's own uid here, so git's ownership check gives no
+    protection: only the design does (the host never runs git in the agent's repository)."""
+    env = unprivileged
+    repo = env.root / "repo"
+    markers = env.root / "markers"
+    markers.mkdir()
+    subprocess.run(["chown", f"{TEST_USER}:{TEST_USER}", str(markers)], check=True)
+
+    def ugit(repo: Path, *args: str) -> str:  # the user's own git, in the user's repository
+        proc = subprocess.run(["runuser", "-u", TEST_USER, "--", "git", "-C", str(repo), *args],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    main_before = ugit(repo, "rev-parse", "main").strip()
+    name = env.ok("spawn", "--agent-cmd", "bash", cwd=repo).out.strip()
+    plant(env, name, markers)
+    for args in (["ls"], ["diff", name], ["diff", name, "--stat"], ["gc"]):
+        code, out = run(env, *args, cwd=repo)
+        assert code == 0, (args, out)
+    assert run(env, "rm", name, cwd=repo)[0] == 5
+    code, out = run(env, "rm", "--force", name, cwd=repo)
+    assert code == 0 and "refs/sandbox/backup/" in out, out
+    assert_intact(repo, main_before, {}, markers, ugit)

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import pwd
-import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Env, git, make_env, make_repo, wait_for
+from tests.conftest import TEST_USER, Env, git, wait_for
 
 pytestmark = pytest.mark.slow
 SECRET = "sk-ant-api03-TESTSECRET-0123456789abcdefghijklmnop"
@@ -95,49 +91,6 @@ def test_sandbox_host_git_calls_do_not_run_repo_hooks(env: Env, repo: Path, tmp_
     env.ok("ls", cwd=repo)
     env.ok("rm", name, cwd=repo)
     assert not marker.exists()
-
-
-TEST_USER = "sbxtest"
-
-
-@pytest.fixture(scope="session")
-def user_python() -> str:
-    """A Python the test user can run, with sandbox's dependencies (ours lives under /root)."""
-    if os.getuid() != 0 or shutil.which("runuser") is None:
-        pytest.skip("needs root to create a test user (CI runs as root)")
-    venv = Path("/var/tmp/sandbox-test-user-venv")
-    python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import docker, typer, tenacity, pydantic_settings, libtmux"]
-    if not python.exists() or subprocess.run(probe, capture_output=True).returncode != 0:
-        subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "docker", "typer", "tenacity",
-                        "pydantic-settings", "libtmux"], check=True)
-    return str(python)
-
-
-@pytest.fixture
-def unprivileged(agent_image: str, user_python: str) -> Iterator[Env]:
-    """A non-root user in the docker group, with its own HOME and repository."""
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "--create-home", "--groups", "docker", TEST_USER], check=True)
-    root = Path(tempfile.mkdtemp(prefix="sbx-user-"))
-    root.chmod(0o755)
-    user_env = make_env(root, agent_image, user=TEST_USER)
-    user_env.python = user_python
-    shutil.copytree(Path(__file__).resolve().parent.parent / "sandbox", root / "src" / "sandbox",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    user_env.env["PYTHONPATH"] = str(root / "src")
-    make_repo(root / "repo")
-    subprocess.run(["chown", "-R", f"{TEST_USER}:{TEST_USER}", str(root)], check=True)
-    try:
-        yield user_env
-    finally:
-        ids = docker("ps", "-aq", "--filter", f"label=sandbox.repo={root / 'repo'}").split()
-        if ids:
-            subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_non_root_user_agent_runs_as_that_user_and_commits(unprivileged: Env) -> None:

@@ -14,6 +14,7 @@ import typer
 
 from sandbox import __version__
 from sandbox.errors import SandboxError, UsageError
+from sandbox.terminal import for_stream
 
 app = typer.Typer(
     name="sandbox",
@@ -179,7 +180,7 @@ def send(
     if wait:
         from sandbox import status
 
-        typer.echo(status.send_wait(_manager(), name, text, timeout=timeout))
+        typer.echo(for_stream(status.send_wait(_manager(), name, text, timeout=timeout)))
         return
     _manager().send(name, text, enter=not no_enter)
 
@@ -212,12 +213,12 @@ def logs(
     mgr = _manager()
     if follow:
         try:
-            for line in mgr.follow(name):
+            for line in map(for_stream, mgr.follow(name)):
                 typer.echo(line)
         except KeyboardInterrupt:
             pass
         return
-    typer.echo(mgr.logs(name, lines), nl=False)
+    typer.echo(for_stream(mgr.logs(name, lines)), nl=False)
 
 
 @app.command(name="exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -300,7 +301,7 @@ def diff(
     """
     from sandbox import work
 
-    typer.echo(work.diff(*_agent(name), stat=stat, uncommitted=uncommitted), nl=False)
+    typer.echo(for_stream(work.diff(*_agent(name), stat=stat, uncommitted=uncommitted)), nl=False)
 
 
 @app.command()

@@ -241,3 +241,40 @@ def test_planted_git_code_never_runs_for_a_non_root_user(unprivileged: Env) -> N
     code, out = run(env, "rm", "--force", name, cwd=repo)
     assert code == 0 and "refs/sandbox/backup/" in out, out
     assert_intact(repo, main_before, {}, markers, ugit)
+
+
+def _on_a_terminal(env: Env, *args: str, cwd: Path) -> bytes:
+    """The CLI's output as a terminal receives it (stdout is a pty)."""
+    import os
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the CLI with the test's environment, stdout on the pty
+        os.chdir(cwd)
+        os.execve(env.python, [env.python, "-m", "sandbox", *args], env.env)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.waitpid(pid, 0)
+    return out
+
+
+def test_agent_text_never_reaches_the_terminal_raw(env: Env, repo: Path) -> None:
+    """File contents (diff), the pane (logs): control sequences are shown, not obeyed, on a terminal;
+    into a pipe the bytes are unchanged (the diff still applies)."""
+    name = env.ok("spawn", "--name", f"esc-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
+    sh(env, name, "printf 'title \\033]0;PWNED\\007 clear \\033[2J end\\n' > esc.txt")
+    env.ok("send", name, "printf 'pane \\033]0;PANE-PWNED\\007\\n'")
+    tty = _on_a_terminal(env, "diff", name, cwd=repo)
+    assert b"esc.txt" in tty and b"\x1b" not in tty and b"\x07" not in tty and b"\\x1b]0;PWNED" in tty
+    piped = env.ok("diff", name, cwd=repo).out
+    assert "\x1b]0;PWNED\x07" in piped
+    logs = _on_a_terminal(env, "logs", name, cwd=repo)
+    assert b"\x1b]0;PANE-PWNED" not in logs
+    env.ok("rm", "--force", name)

@@ -330,3 +330,18 @@ def test_default_limits_and_unlimited() -> None:
 
     with pytest.raises(UsageError, match="memory must be a size"):
         load_settings(memory="lots")
+
+
+def test_terminal_defang_shows_control_characters() -> None:
+    import io
+
+    from sandbox.terminal import defang, for_stream
+
+    assert defang("a\x1b[2Jb\tc\nd\x07\x9b") == "a\\x1b[2Jb\tc\nd\\x07\\x9b"
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert for_stream("\x1b]0;x\x07", Tty()) == "\\x1b]0;x\\x07"
+    assert for_stream("\x1b]0;x\x07", io.StringIO()) == "\x1b]0;x\x07"

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox import __version__, agentfiles, agents, capacity, contract, gitops, labels as L
-from sandbox.engine import Engine, ExecResult
+from sandbox.contract import CommandResult
+from sandbox.engine import Engine
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
 from sandbox.tmux import Tmux
 
@@ -238,7 +239,7 @@ class SandboxManager:
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
         if sb.agent_state or sb.engine_state != "running":
             return sb
-        res = self.engine.read(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
+        res = self.engine.exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
         state = None
         if res.exit_code == 0 and len(res.stdout) <= agentfiles.STATE_CAP:
             state, _ = agentfiles.parse_state(res.stdout)
@@ -570,7 +571,7 @@ class SandboxManager:
             if not self.get(name).engine_state == "running":
                 return
 
-    def exec(self, name: str, argv: list[str]) -> ExecResult:
+    def exec(self, name: str, argv: list[str]) -> CommandResult:
         sb = self.running(name)
         return self.engine.exec(sb.container_id, argv)
 
@@ -786,5 +787,5 @@ class _DockerExecutor:
     engine: Engine
     container: str
 
-    def run(self, argv: list[str]) -> ExecResult:
+    def run(self, argv: list[str]) -> CommandResult:
         return self.engine.exec(self.container, argv)

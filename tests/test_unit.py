@@ -279,11 +279,11 @@ class _FakeEngine:
     def __init__(self, stdout: bytes, code: int = 0) -> None:
         self.stdout, self.code, self.calls = stdout, code, []  # type: ignore[var-annotated]
 
-    def read(self, ref: str, argv: list[str]):  # type: ignore[no-untyped-def]
-        from sandbox.engine import ExecResult
+    def exec_retried(self, ref: str, argv: list[str]):  # type: ignore[no-untyped-def]
+        from sandbox.contract import CommandResult
 
         self.calls.append(argv)
-        return ExecResult(self.code, self.stdout, b"")
+        return CommandResult(self.code, self.stdout, b"")
 
 
 def test_reply_is_read_safely_and_the_exec_fallback_is_bounded(tmp_path: Path) -> None:

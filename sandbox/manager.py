@@ -25,13 +25,13 @@ from sandbox import __version__, agentfiles, agents, capacity, contract, gitops,
 from sandbox.contract import CommandResult
 from sandbox.engine import Engine
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
+from sandbox.gitops import BRANCH_PREFIX
 from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
     from sandbox.config import Settings
 
 CONTAINER_PREFIX = "sandbox-"
-BRANCH_PREFIX = gitops.BRANCH_PREFIX
 STATE_MOUNT = contract.STATE_MOUNT
 WIP_PREFIX = "refs/sandbox/wip/"  # the host's copy of each agent's workspace snapshot (a commit)
 
@@ -528,7 +528,7 @@ class SandboxManager:
             delay = min(delay * 1.5, 0.025)  # a local file read: polling often costs nothing, late costs latency
 
     # -- talking to an agent -------------------------------------------------------------------
-    def running(self, name: str) -> Sandbox:
+    def require_running(self, name: str) -> Sandbox:
         """The agent, which must be running (one engine call)."""
         sb = self.get(name)
         if sb.engine_state != "running":
@@ -540,19 +540,19 @@ class SandboxManager:
 
     def send(self, name: str, text: str, *, enter: bool = True, sb: Sandbox | None = None) -> Sandbox:
         """Type ``text`` into the agent's pane (after it is ready); ``sb``: a fresh snapshot already at hand."""
-        sb = sb or self.running(name)
+        sb = sb or self.require_running(name)
         if sb.state == "starting":
             sb = self.wait_ready(sb)
         self.tmux(sb).send(text, enter=enter)
         return sb
 
     def logs(self, name: str, lines: int | None = None) -> str:
-        sb = self.running(name)
+        sb = self.require_running(name)
         return self.tmux(sb).capture(lines)
 
     def follow(self, name: str, interval: float = 0.5) -> Iterator[str]:
         """Yield new pane lines as they appear (until the agent stops)."""
-        sb = self.running(name)
+        sb = self.require_running(name)
         tm = self.tmux(sb)
         seen: list[str] = []
         while True:
@@ -572,7 +572,7 @@ class SandboxManager:
                 return
 
     def exec(self, name: str, argv: list[str]) -> CommandResult:
-        sb = self.running(name)
+        sb = self.require_running(name)
         return self.engine.exec(sb.container_id, argv)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -717,6 +717,10 @@ class SandboxManager:
 
         with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
             list(pool.map(lambda src: self.sync(src, snapshot=False, timeout=30), todo))
+
+    def drop_container(self, sb: Sandbox) -> None:
+        """Remove the agent's container (gone already is fine); its work must be saved by the caller."""
+        self.engine.remove(sb.container_id, force=True)
 
     def drop_workspace(self, src: Source) -> None:
         """Delete what the agent had on the host (its work must be saved by the caller)."""

@@ -178,9 +178,9 @@ def send(
     if text == "-":
         text = sys.stdin.read()
     if wait:
-        from sandbox import status
+        from sandbox import waiting
 
-        typer.echo(for_stream(status.send_wait(_manager(), name, text, timeout=timeout)))
+        typer.echo(for_stream(waiting.send_wait(_manager(), name, text, timeout=timeout)))
         return
     _manager().send(name, text, enter=not no_enter)
 
@@ -195,9 +195,9 @@ def wait_(
 
     Example: sandbox wait sonnet-1 --until idle --timeout 600
     """
-    from sandbox import status
+    from sandbox import waiting
 
-    typer.echo(status.wait(_manager(), name, until=until, timeout=timeout).state)
+    typer.echo(waiting.wait(_manager(), name, until=until, timeout=timeout).state)
 
 
 @app.command()

@@ -7,6 +7,7 @@ imported by the host's modules and by ``sandbox.inside``, which runs in every co
 - **The state file** (``state.json`` in the state dir): written by the container, read by the host as
   untrusted input (``sandbox.agentfiles``). Its fields and values are named here.
 - **tmux argv** for what both sides type into a pane (a literal paste), so the escaping lives once.
+- **``CommandResult``**: what running a command gives, on either side (host and container).
 - **The export**: the agent's git lives in the container's side of the boundary — its own repository
   (``AGENT_GIT``, a directory the host creates once and never runs git in again) whose objects borrow
   the host repository's store through a read-only mount. The host reads the agent's work only as a
@@ -17,6 +18,7 @@ imported by the host's modules and by ``sandbox.inside``, which runs in every co
 from __future__ import annotations
 
 import json
+from collections import namedtuple
 from dataclasses import asdict, dataclass, field, fields
 
 TYPE_CHECKING = False  # (typing costs memory in the resident init; annotations are strings anyway)
@@ -37,6 +39,21 @@ GITFILE = "gitdir: " + AGENT_GIT + "\n"        # the workspace's .git file (moun
 EXPORT = ["python3", "-m", "sandbox.inside", "export"]
 EXPORT_HEAD = "refs/heads/head"
 EXPORT_WIP = "refs/heads/wip"
+
+
+class CommandResult(namedtuple("CommandResult", "exit_code stdout stderr")):
+    """What a finished command gave — on the host (``docker exec``, a local tmux) and inside the
+    container (``sandbox.inside``'s tmux calls) alike: its exit code and its raw output."""
+
+    __slots__ = ()
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def text(self) -> str:
+        """``stdout`` decoded (UTF-8, undecodable bytes replaced)."""
+        return self.stdout.decode("utf-8", "replace")
 
 
 # -- the launch document ------------------------------------------------------------------------------

@@ -1,10 +1,20 @@
-"""The one module that talks to the Docker engine (docker-py's low-level API client).
+"""The one module that talks to the Docker engine: :class:`Engine`, and one error mapper.
 
-Every engine call goes through :class:`Engine`; docker-py and requests errors are translated
-into ``sandbox.errors`` here and nowhere else. One HTTP connection pool is reused for the
-life of the process. ``docker`` is imported lazily so that ``sandbox --help`` stays fast, and
-listing containers on a local socket skips docker-py altogether (one plain HTTP GET) so that
-``sandbox ls`` stays fast too.
+Two lanes, chosen by what the call is (never by what happened to be imported before):
+
+* **plain HTTP** on the engine's local unix socket — no docker-py, no requests (importing them
+  costs ~100 ms, more than the call): the calls that are one small request each and that the hot
+  commands (``ls``, ``logs``, ``send``) make: list, inspect (container, image), exec, logs, start,
+  stop, remove. Only when the engine is a local socket without TLS (``DOCKER_HOST`` unset or
+  ``unix://``).
+* **docker-py** (its low-level ``APIClient``, imported lazily, one connection pool for the life of
+  the process): the calls where it does real work — create (host-config translation, fields gated
+  by API version), networks, build (tar context, streamed progress), ``put_archive``, tag; and every
+  call when the engine is not a local socket (``tcp://``, ``ssh://``, TLS).
+
+Both lanes raise through :func:`engine_error` (HTTP status + the engine's message →
+``sandbox.errors``): the same engine answer is the same error whichever lane carried it. No
+docker-py object leaves this module.
 """
 
 from __future__ import annotations
@@ -12,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sandbox import retry
+from sandbox.contract import CommandResult
 from sandbox.errors import Conflict, EngineError, EngineUnavailable, ImageMissing, NotFound, SandboxError
 
 if TYPE_CHECKING:
@@ -26,39 +37,46 @@ if TYPE_CHECKING:
 
     from sandbox.spec import ContainerSpec
 
+# A 404 about an image (docker-py's ImageNotFound matches the same texts).
+_NO_SUCH_IMAGE = re.compile(r"no such image|repository does not exist|no pull access", re.IGNORECASE)
 
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
 
-    @property
-    def text(self) -> str:
-        return self.stdout.decode("utf-8", "replace")
+def engine_error(what: str, status: int | None, message: str) -> SandboxError:
+    """The error for an engine's answer: its HTTP ``status`` and message (``status`` None: no answer,
+    the engine could not be reached — ``message`` says why). The one mapping, for both lanes."""
+    message = message.strip()
+    if status is None:
+        return EngineUnavailable(f"{what}: cannot reach the Docker engine ({message})")
+    if status == 404:
+        if _NO_SUCH_IMAGE.search(message):
+            return ImageMissing(f"{what}: {message}", hint="run `sandbox image build`")
+        return NotFound(f"{what}: {message}")
+    if status == 409:
+        return Conflict(f"{what}: {message}")
+    return EngineError(f"{what}: {message}", status=status)
 
 
 @contextlib.contextmanager
-def translate(what: str) -> Iterator[None]:
-    """Turn docker-py / requests errors into sandbox errors with one readable line."""
+def _docker_py(what: str) -> Iterator[None]:
+    """The docker-py lane's errors (and requests') through :func:`engine_error`."""
     import docker.errors
     import requests.exceptions
 
     try:
         yield
-    except docker.errors.ImageNotFound as e:
-        raise ImageMissing(f"{what}: image not found", hint="run `sandbox image build`") from e
-    except docker.errors.NotFound as e:
-        raise NotFound(f"{what}: {_explain(e)}") from e
     except docker.errors.APIError as e:
-        status = e.status_code
-        if status == 409:
-            raise Conflict(f"{what}: {_explain(e)}") from e
-        raise EngineError(f"{what}: {_explain(e)}", status=status) from e
-    except docker.errors.DockerException as e:
-        raise EngineUnavailable(f"{what}: cannot reach the Docker engine ({e})") from e
+        raise engine_error(what, e.status_code, _explain(e)) from e
+    except docker.errors.DockerException as e:  # no engine there (docker-py's own words)
+        raise engine_error(what, None, str(e)) from e
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError) as e:
-        raise EngineUnavailable(f"{what}: cannot reach the Docker engine ({type(e).__name__})") from e
+        raise engine_error(what, None, type(e).__name__) from e
+
+
+def _explain(e: Any) -> str:
+    explanation = getattr(e, "explanation", None)
+    if isinstance(explanation, bytes):
+        explanation = explanation.decode("utf-8", "replace")
+    return str(explanation or e).strip()
 
 
 def _local_socket(base_url: str | None) -> str | None:
@@ -71,13 +89,13 @@ def _local_socket(base_url: str | None) -> str | None:
 
 
 def _request(sock_path: str, method: str, path: str, what: str, timeout: float,
-             body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-    """One request on the engine's unix socket, without docker-py/requests (importing them costs
-    ~100 ms per command): HTTP/1.0, so the engine answers unchunked and closes the connection."""
+             body: dict[str, Any] | None = None) -> tuple[dict[str, str], bytes]:
+    """One request on the engine's unix socket (the plain-HTTP lane): HTTP/1.0, so the engine answers
+    unchunked and closes the connection. The answer's headers (lower-case names) and body."""
     data = json.dumps(body).encode() if body is not None else b""
-    head = f"{method} {path} HTTP/1.0\r\nHost: docker\r\n"
+    head = f"{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: {len(data)}\r\n"
     if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        head += "Content-Type: application/json\r\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
@@ -87,94 +105,199 @@ def _request(sock_path: str, method: str, path: str, what: str, timeout: float,
             while chunk := conn.recv(65536):
                 chunks.append(chunk)
     except OSError as e:
-        raise EngineUnavailable(f"{what}: cannot reach the Docker engine ({type(e).__name__}: {e})") from e
-    status_head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+        raise engine_error(what, None, f"{type(e).__name__}: {e}") from e
+    raw_head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = raw_head.decode("latin-1").split("\r\n")
     try:
-        status = int(status_head.split(b" ", 2)[1])
-    except (IndexError, ValueError) as e:
-        raise EngineError(f"{what}: unreadable answer from the engine: {status_head[:80]!r}") from e
+        status = int(lines[0].split(" ", 2)[1])
+    except (IndexError, ValueError) as e:  # not an engine's answer at all (no status to map)
+        raise EngineError(f"{what}: unreadable answer from the engine: {raw_head[:80]!r}") from e
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     if status >= 400:
         try:
-            message = str(json.loads(payload).get("message", "")).strip()
+            message = str(json.loads(payload).get("message", ""))
         except (ValueError, AttributeError):
-            message = payload.decode("utf-8", "replace").strip()
-        if status == 404:
-            raise NotFound(f"{what}: {message}")
-        if status == 409:
-            raise Conflict(f"{what}: {message}")
-        raise EngineError(f"{what}: {message}", status=status)
-    return status, payload
+            message = payload.decode("utf-8", "replace")
+        raise engine_error(what, status, message)
+    return headers, payload
 
 
-def _get_json(sock_path: str, path: str, what: str, timeout: float) -> Any:
-    _, payload = _request(sock_path, "GET", path, what, timeout)
+def _json(payload: bytes, what: str) -> Any:
     try:
         return json.loads(payload)
     except ValueError as e:
         raise EngineError(f"{what}: unreadable answer from the engine") from e
 
 
-def _demux(stream: bytes) -> tuple[bytes, bytes]:
-    """Split the engine's multiplexed exec stream (8-byte frame headers) into stdout and stderr."""
-    out, err, i = bytearray(), bytearray(), 0
+def _frames(stream: bytes) -> list[tuple[int, bytes]]:
+    """The engine's multiplexed stream (8-byte frame headers: stream 1 stdout, 2 stderr) as
+    (stream, data) in order."""
+    frames, i = [], 0
     while i + 8 <= len(stream):
         kind, size = stream[i], int.from_bytes(stream[i + 4:i + 8], "big")
-        (err if kind == 2 else out).extend(stream[i + 8:i + 8 + size])
+        frames.append((kind, stream[i + 8:i + 8 + size]))
         i += 8 + size
-    return bytes(out), bytes(err)
+    return frames
 
 
-def _explain(e: Any) -> str:
-    explanation = getattr(e, "explanation", None)
-    if isinstance(explanation, bytes):
-        explanation = explanation.decode("utf-8", "replace")
-    return str(explanation or e).strip()
+def _demux(stream: bytes) -> tuple[bytes, bytes]:
+    """Split a multiplexed exec stream into stdout and stderr."""
+    frames = _frames(stream)
+    return (b"".join(d for k, d in frames if k != 2), b"".join(d for k, d in frames if k == 2))
+
+
+def _is_multiplexed(headers: dict[str, str], stream: bytes) -> bool:
+    """Engines before API 1.42 call every log stream raw: a frame header at the start tells."""
+    if headers.get("content-type") == "application/vnd.docker.multiplexed-stream":
+        return True
+    return len(stream) >= 8 and stream[0] in (0, 1, 2) and stream[1:4] == b"\0\0\0"
+
+
+def _q(ref: str) -> str:
+    return urllib.parse.quote(ref, safe="/:@")
 
 
 class Engine:
-    """A thin, typed façade over ``docker.APIClient`` with the calls `sandbox` needs."""
+    """The calls `sandbox` makes to the engine, typed; each one on its lane (see the module doc)."""
 
-    def __init__(self, base_url: str | None = None, timeout: int = 60) -> None:
+    def __init__(self, base_url: str | None = None, timeout: int = 60, *, plain_http: bool = True) -> None:
+        """``plain_http=False``: docker-py for every call, even on a local socket (tests compare the lanes)."""
         self._base_url = base_url
-        self._sock = _local_socket(base_url)  # listing goes straight to a local socket (no docker-py)
+        self._sock = _local_socket(base_url) if plain_http else None  # None: no plain-HTTP lane
         self._timeout = timeout
         self._api: docker.APIClient | None = None
 
-    @property
-    def api(self) -> docker.APIClient:
+    def _client(self) -> docker.APIClient:
+        """The docker-py lane (connects on first use)."""
         if self._api is None:
             import docker
 
-            with translate("connect"):
+            with _docker_py("connect"):
                 if self._base_url:
                     self._api = docker.APIClient(base_url=self._base_url, timeout=self._timeout, version="auto")
                 else:
                     self._api = docker.from_env(timeout=self._timeout, version="auto").api
         return self._api
 
-    def ping(self) -> None:
-        with translate("ping"):
-            self.api.ping()
+    def _http(self, method: str, path: str, what: str, body: dict[str, Any] | None = None,
+              timeout: float | None = None) -> tuple[dict[str, str], bytes]:
+        assert self._sock is not None
+        return _request(self._sock, method, path, what, self._timeout if timeout is None else timeout, body)
 
-    # -- containers ------------------------------------------------------------------------
+    # -- containers (plain HTTP on a local socket) ----------------------------------------------
     def list_containers(self, labels: list[str], *, all: bool = True) -> list[dict[str, Any]]:
         """One engine call: containers matching every ``key`` or ``key=value`` label filter."""
+        what = "list containers"
+
         def once() -> list[dict[str, Any]]:
-            if self._sock is not None and self._api is None:
+            if self._sock is not None:
                 query = urllib.parse.urlencode({"all": int(all), "filters": json.dumps({"label": labels})})
-                return list(_get_json(self._sock, f"/containers/json?{query}", "list containers", self._timeout))
-            with translate("list containers"):
-                return list(self.api.containers(all=all, filters={"label": labels}))
+                return list(_json(self._http("GET", f"/containers/json?{query}", what)[1], what))
+            with _docker_py(what):
+                return list(self._client().containers(all=all, filters={"label": labels}))
 
         return retry.call(retry.READS, once)
 
-    def inspect(self, ref: str) -> dict[str, Any]:
-        def once() -> dict[str, Any]:
-            with translate(f"inspect {ref}"):
-                return dict(self.api.inspect_container(ref))
+    def _inspect(self, ref: str) -> dict[str, Any]:
+        what = f"inspect {ref}"
+        if self._sock is not None:
+            return dict(_json(self._http("GET", f"/containers/{_q(ref)}/json", what)[1], what))
+        with _docker_py(what):
+            return dict(self._client().inspect_container(ref))
 
-        return retry.call(retry.READS, once)
+    def start(self, ref: str) -> None:
+        def once() -> None:
+            if self._sock is not None:
+                self._http("POST", f"/containers/{_q(ref)}/start", f"start {ref}")  # (304: running already)
+                return
+            with _docker_py(f"start {ref}"):
+                self._client().start(ref)
 
+        retry.call(retry.LIFECYCLE, once)
+
+    def stop(self, ref: str, timeout: int = 10) -> None:
+        def once() -> None:
+            if self._sock is not None:  # (304: stopped already)
+                self._http("POST", f"/containers/{_q(ref)}/stop?t={int(timeout)}", f"stop {ref}",
+                           timeout=self._timeout + timeout)
+                return
+            with _docker_py(f"stop {ref}"):
+                self._client().stop(ref, timeout=timeout)
+
+        retry.call(retry.LIFECYCLE, once)
+
+    def remove(self, ref: str, *, force: bool = True) -> None:
+        """Remove a container (and its anonymous volumes); one that is gone already, or whose removal
+        is in progress, is not an error."""
+        what = f"remove {ref}"
+        try:
+            if self._sock is not None:
+                self._http("DELETE", f"/containers/{_q(ref)}?force={int(force)}&v=1", what)
+            else:
+                with _docker_py(what):
+                    self._client().remove_container(ref, force=force, v=True)
+        except NotFound:
+            pass
+        except (Conflict, EngineError) as e:  # "removal of container ... is already in progress" (409)
+            if "already in progress" not in str(e):
+                raise
+
+    def exec(self, ref: str, argv: list[str], *, user: str | None = None,
+             workdir: str | None = None) -> CommandResult:
+        """Run argv (never a shell string) in a running container and collect its output."""
+        what = f"exec in {ref}"
+        if self._sock is not None:  # three small requests
+            spec: dict[str, Any] = {"AttachStdout": True, "AttachStderr": True, "Cmd": argv, "User": user or ""}
+            if workdir:
+                spec["WorkingDir"] = workdir
+            exec_id = str(_json(self._http("POST", f"/containers/{_q(ref)}/exec", what, spec)[1], what)["Id"])
+            _, stream = self._http("POST", f"/exec/{exec_id}/start", what, {"Detach": False, "Tty": False})
+            code = _json(self._http("GET", f"/exec/{exec_id}/json", what)[1], what).get("ExitCode")
+            out, err = _demux(stream)
+            return CommandResult(int(code if code is not None else -1), out, err)
+        with _docker_py(what):
+            api = self._client()
+            ex = api.exec_create(ref, argv, stdout=True, stderr=True, user=user or "", workdir=workdir)
+            out, err = api.exec_start(ex["Id"], demux=True)
+            code = api.exec_inspect(ex["Id"])["ExitCode"]
+        return CommandResult(int(code if code is not None else -1), out or b"", err or b"")
+
+    def exec_retried(self, ref: str, argv: list[str]) -> CommandResult:
+        """An exec that only reads (cat, capture-pane): safe to repeat, so retried on transient errors."""
+        return retry.call(retry.READS, self.exec, ref, argv)
+
+    def logs(self, ref: str, tail: int = 100) -> str:
+        """The container's last ``tail`` lines of output (stdout and stderr, in order)."""
+        what = f"logs of {ref}"
+        if self._sock is not None:
+            headers, stream = self._http("GET", f"/containers/{_q(ref)}/logs?stdout=1&stderr=1&tail={int(tail)}", what)
+            if _is_multiplexed(headers, stream):
+                stream = b"".join(data for _, data in _frames(stream))
+            return stream.decode("utf-8", "replace")
+        with _docker_py(what):
+            return bytes(self._client().logs(ref, tail=tail)).decode("utf-8", "replace")
+
+    @staticmethod
+    def cli_exec(ref: str, argv: list[str], *, stdin: bool = True) -> list[str]:
+        """The docker CLI's argv for an exec whose standard streams are a pipe (e.g. a git transport)."""
+        return ["docker", "exec", *(["-i"] if stdin else []), "--workdir", "/", ref, *argv]
+
+    @staticmethod
+    def cli_run_reader(image: str, user: str, binds: list[tuple[str, str]], argv: list[str],
+                       labels: dict[str, str]) -> list[str]:
+        """The docker CLI's argv for a throwaway, locked-down container that only reads ``binds``
+        (host path, container path; all read-only, a missing source is an error, never created):
+        no network, no capabilities, read-only root, a small /tmp, removed when it ends."""
+        out = ["docker", "run", "--rm", "-i", "--network", "none", "--cap-drop", "ALL",
+               "--security-opt", "no-new-privileges:true", "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=2g",
+               "--pids-limit", "256", "--user", user, "--entrypoint", argv[0], "--workdir", "/tmp"]
+        for key, value in labels.items():
+            out += ["--label", f"{key}={value}"]
+        for src, dst in binds:
+            out += ["--mount", f"type=bind,source={src},target={dst},readonly"]
+        return [*out, image, *argv[1:]]
+
+    # -- containers (docker-py) ----------------------------------------------------------------
     def create(
         self,
         *,
@@ -236,8 +359,7 @@ class Engine:
         """(id of container ``name`` if it carries our ``labels`` — our earlier create took effect,
         the holder's status) — (None, None) when no container has that name."""
         try:
-            with translate(f"inspect {name}"):
-                found = self.api.inspect_container(name)
+            found = self._inspect(name)
         except SandboxError:
             return None, None
         have = found.get("Config", {}).get("Labels") or {}
@@ -248,9 +370,10 @@ class Engine:
     def _create(self, *, name: str, image: str, command: list[str] | None, labels: dict[str, str],
                 env: dict[str, str], user: str, binds: list[str], working_dir: str | None,
                 host_config: dict[str, Any] | None, healthcheck: dict[str, Any] | None) -> str:
-        with translate(f"create container {name}"):
-            hc = self.api.create_host_config(binds=binds, **(host_config or {}))
-            created = self.api.create_container(
+        with _docker_py(f"create container {name}"):
+            api = self._client()
+            hc = api.create_host_config(binds=binds, **(host_config or {}))
+            created = api.create_container(
                 image=image,
                 command=command,
                 name=name,
@@ -266,95 +389,17 @@ class Engine:
             )
             return str(created["Id"])
 
-    def start(self, ref: str) -> None:
-        def once() -> None:
-            with translate(f"start {ref}"):
-                self.api.start(ref)
-
-        retry.call(retry.LIFECYCLE, once)
-
-    def stop(self, ref: str, timeout: int = 10) -> None:
-        def once() -> None:
-            with translate(f"stop {ref}"):
-                self.api.stop(ref, timeout=timeout)
-
-        retry.call(retry.LIFECYCLE, once)
-
-    def restart(self, ref: str, timeout: int = 10) -> None:
-        with translate(f"restart {ref}"):
-            self.api.restart(ref, timeout=timeout)
-
-    def remove(self, ref: str, *, force: bool = True) -> None:
-        """Remove a container; a container that is already gone is not an error."""
-        try:
-            with translate(f"remove {ref}"):
-                self.api.remove_container(ref, force=force, v=True)
-        except NotFound:
-            pass
-        except EngineError as e:
-            # "removal of container ... is already in progress" is success for us.
-            if "already in progress" not in str(e):
-                raise
-
     def put_archive(self, ref: str, path: str, data: bytes) -> None:
-        with translate(f"copy into {ref}"):
-            self.api.put_archive(ref, path, data)
-
-    def exec(self, ref: str, argv: list[str], *, user: str | None = None, workdir: str | None = None) -> ExecResult:
-        """Run argv (never a shell string) in a running container and collect its output."""
-        if self._sock is not None and self._api is None:  # three plain requests, no docker-py
-            what, sock = f"exec in {ref}", self._sock
-            spec: dict[str, Any] = {"AttachStdout": True, "AttachStderr": True, "Cmd": argv, "User": user or ""}
-            if workdir:
-                spec["WorkingDir"] = workdir
-            _, made = _request(sock, "POST", f"/containers/{urllib.parse.quote(ref)}/exec", what, self._timeout, spec)
-            exec_id = str(json.loads(made)["Id"])
-            _, stream = _request(sock, "POST", f"/exec/{exec_id}/start", what, self._timeout,
-                                 {"Detach": False, "Tty": False})
-            code = _get_json(sock, f"/exec/{exec_id}/json", what, self._timeout).get("ExitCode")
-            out, err = _demux(stream)
-            return ExecResult(int(code if code is not None else -1), out, err)
-        with translate(f"exec in {ref}"):
-            ex = self.api.exec_create(ref, argv, stdout=True, stderr=True, user=user or "", workdir=workdir)
-            out, err = self.api.exec_start(ex["Id"], demux=True)
-            code = self.api.exec_inspect(ex["Id"])["ExitCode"]
-        return ExecResult(int(code if code is not None else -1), out or b"", err or b"")
-
-    @staticmethod
-    def cli_exec(ref: str, argv: list[str], *, stdin: bool = True) -> list[str]:
-        """The docker CLI's argv for an exec whose standard streams are a pipe (e.g. a git transport)."""
-        return ["docker", "exec", *(["-i"] if stdin else []), "--workdir", "/", ref, *argv]
-
-    @staticmethod
-    def cli_run_reader(image: str, user: str, binds: list[tuple[str, str]], argv: list[str],
-                       labels: dict[str, str]) -> list[str]:
-        """The docker CLI's argv for a throwaway, locked-down container that only reads ``binds``
-        (host path, container path; all read-only, a missing source is an error, never created):
-        no network, no capabilities, read-only root, a small /tmp, removed when it ends."""
-        out = ["docker", "run", "--rm", "-i", "--network", "none", "--cap-drop", "ALL",
-               "--security-opt", "no-new-privileges:true", "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=2g",
-               "--pids-limit", "256", "--user", user, "--entrypoint", argv[0], "--workdir", "/tmp"]
-        for key, value in labels.items():
-            out += ["--label", f"{key}={value}"]
-        for src, dst in binds:
-            out += ["--mount", f"type=bind,source={src},target={dst},readonly"]
-        return [*out, image, *argv[1:]]
-
-    def read(self, ref: str, argv: list[str]) -> ExecResult:
-        """An exec that only reads (cat, capture-pane): safe to repeat, so retried on transient errors."""
-        return retry.call(retry.READS, self.exec, ref, argv)
-
-    def logs(self, ref: str, tail: int = 100) -> str:
-        with translate(f"logs of {ref}"):
-            return bytes(self.api.logs(ref, tail=tail)).decode("utf-8", "replace")
+        with _docker_py(f"copy into {ref}"):
+            self._client().put_archive(ref, path, data)
 
     # -- networks --------------------------------------------------------------------------
     def networks(self, name: str) -> list[dict[str, Any]]:
         """Networks named exactly ``name`` (the engine's name filter matches substrings); oldest first.
         More than one happens when two creates raced (the engine's duplicate check is not atomic)."""
         def once() -> list[dict[str, Any]]:
-            with translate(f"list networks {name}"):
-                found = self.api.networks(names=[name])
+            with _docker_py(f"list networks {name}"):
+                found = self._client().networks(names=[name])
             return sorted((n for n in found if n.get("Name") == name),
                           key=lambda n: (str(n.get("Created", "")), str(n.get("Id", ""))))
 
@@ -384,9 +429,9 @@ class Engine:
             return existing
         made: str | None = None
         try:
-            with translate(f"create network {name}"):
-                made = str(self.api.create_network(name, driver="bridge", options={icc_opt: str(icc).lower()},
-                                                   labels=labels, check_duplicate=True)["Id"])
+            with _docker_py(f"create network {name}"):
+                made = str(self._client().create_network(name, driver="bridge", labels=labels, check_duplicate=True,
+                                                         options={icc_opt: str(icc).lower()})["Id"])
         except Conflict:
             pass  # another spawn created it first
         winner = pick()
@@ -399,34 +444,31 @@ class Engine:
     def remove_network(self, ref: str) -> bool:
         """Remove a network; False when it is gone already or still in use."""
         try:
-            with translate(f"remove network {ref}"):
-                self.api.remove_network(ref)
+            with _docker_py(f"remove network {ref}"):
+                self._client().remove_network(ref)
         except (NotFound, Conflict, EngineError):
             return False
         return True
 
-    # -- images ----------------------------------------------------------------------------
+    # -- images ------------------------------------------------------------------------------
+    def _inspect_image(self, ref: str) -> dict[str, Any]:
+        what = f"inspect image {ref}"
+        if self._sock is not None:
+            return dict(_json(self._http("GET", f"/images/{_q(ref)}/json", what)[1], what))
+        with _docker_py(what):
+            return dict(self._client().inspect_image(ref))
+
     def image_id(self, ref: str) -> str | None:
         """The image's ID, or None when the engine does not have it (never pulls)."""
         try:
-            with translate(f"inspect image {ref}"):
-                return str(self.api.inspect_image(ref)["Id"])
+            return str(self._inspect_image(ref)["Id"])
         except NotFound:
             return None
 
     def image_labels(self, ref: str) -> dict[str, str]:
-        with translate(f"inspect image {ref}"):
-            return dict(self.api.inspect_image(ref)["Config"].get("Labels") or {})
+        return dict((self._inspect_image(ref).get("Config") or {}).get("Labels") or {})
 
-    def import_image(self, tar_path: str, repository: str, tag: str, changes: list[str] | None = None) -> str:
-        """``docker import``: a root filesystem tarball becomes an image."""
-        with translate(f"import {repository}:{tag}"):
-            out = self.api.import_image_from_file(tar_path, repository=repository, tag=tag, changes=changes)
-        image_id = self.image_id(f"{repository}:{tag}")
-        if image_id is None:
-            raise EngineError(f"import {repository}:{tag} did not produce an image: {out!r}")
-        return image_id
-
+    # -- images (docker-py) --------------------------------------------------------------------
     def build_image(
         self,
         context_dir: str,
@@ -438,8 +480,8 @@ class Engine:
         on_line: Callable[[str], None] | None = None,
     ) -> str:
         """Build with the engine's classic builder (never pulls); stream progress lines."""
-        with translate(f"build {tag}"):
-            stream = self.api.build(
+        with _docker_py(f"build {tag}"):
+            stream = self._client().build(
                 path=context_dir,
                 dockerfile=dockerfile,
                 tag=tag,
@@ -462,14 +504,11 @@ class Engine:
         return image_id
 
     def tag_image(self, image: str, repository: str, tag: str) -> None:
-        with translate(f"tag {image}"):
-            self.api.tag(image, repository, tag)
+        with _docker_py(f"tag {image}"):
+            self._client().tag(image, repository, tag)
 
     def close(self) -> None:
         if self._api is not None:
             with contextlib.suppress(Exception):
                 self._api.close()
 
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)

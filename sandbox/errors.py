@@ -12,8 +12,8 @@
     │   └── WaitTimeout           exit 9   `wait`, `send --wait`, `spawn --queue` ran out of time
     └── GitError                  exit 3   a git command failed (argv and stderr attached)
 
-Engine (docker-py) errors are translated in ``sandbox.engine`` only; git errors in
-``sandbox.gitops`` only. The CLI prints ``str(err)`` as one line and exits with ``err.exit_code``.
+Engine answers (either lane: plain HTTP or docker-py) are translated in ``sandbox.engine.engine_error``
+only; git errors in ``sandbox.gitops`` only. The CLI prints ``str(err)`` as one line and exits with ``err.exit_code``.
 """
 
 from __future__ import annotations

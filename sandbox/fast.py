@@ -124,7 +124,7 @@ def _send(name: str, text: str, enter: bool, settings: _ListSettings) -> bool:
 
     mgr = SandboxManager(settings)  # type: ignore[arg-type]
     try:
-        sb = mgr.running(name)
+        sb = mgr.require_running(name)
         if sb.state == "starting":  # waiting for readiness needs the full settings
             return False
     except AttributeError:

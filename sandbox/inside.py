@@ -30,11 +30,12 @@ import signal
 import sys
 import time
 
+from sandbox import contract as C  # (stdlib only, light)
+from sandbox.contract import CommandResult
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
-
-from sandbox import contract as C  # noqa: E402  (stdlib only, light)
 
 LAUNCH = C.LAUNCH_FILE
 SECRETS = C.SECRETS_FILE
@@ -102,18 +103,9 @@ def write_state(state: str | None = None, **fields: Any) -> dict[str, Any]:
             os.close(fd)
 
 
-class Done:
-    """What a finished command gave: its exit code and its standard output."""
-
-    __slots__ = ("returncode", "stdout")
-
-    def __init__(self, returncode: int, stdout: str) -> None:
-        self.returncode = returncode
-        self.stdout = stdout
-
-
-def tmux(*args: str, check: bool = True) -> Done:
-    """Run tmux with argv (no shell), without the subprocess module (see the imports)."""
+def tmux(*args: str, check: bool = True) -> CommandResult:
+    """Run tmux with argv (no shell), without the subprocess module (see the imports); its stdout
+    (stderr is not kept)."""
     r, w = os.pipe()
     null = os.open(os.devnull, os.O_RDWR)
     try:
@@ -129,7 +121,7 @@ def tmux(*args: str, check: bool = True) -> Done:
     code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if check and code != 0:
         raise RuntimeError(f"tmux {args[0]} exited {code}")
-    return Done(code, b"".join(chunks).decode("utf-8", "replace"))
+    return CommandResult(code, b"".join(chunks), b"")
 
 
 def _setup_home(launch: C.Launch, api_key: str | None) -> None:
@@ -220,8 +212,8 @@ def _pane(session: str) -> dict[str, Any] | None:
     None without a session. A process killed by signal N counts as exit 128+N, as in a shell."""
     res = tmux("list-panes", "-t", f"={session}:", "-F",
                "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}|#{pane_pid}|#{window_activity}", check=False)
-    parts = (res.stdout.split("\n") or [""])[0].split("|")
-    if res.returncode != 0 or len(parts) != 5:
+    parts = (res.text.split("\n") or [""])[0].split("|")
+    if res.exit_code != 0 or len(parts) != 5:
         return None
     dead = parts[0] == "1"
     code: int | None = None
@@ -279,7 +271,7 @@ def backoff(failures: int, base: float, cap: float = 30.0) -> float:
 def _fallback_state(session: str, pane: dict[str, Any], now: float) -> str:
     if now - pane["activity"] < QUIET:
         return "busy"
-    tail = tmux("capture-pane", "-p", "-t", f"={session}:", check=False).stdout.rstrip().splitlines()[-3:]
+    tail = tmux("capture-pane", "-p", "-t", f"={session}:", check=False).text.rstrip().splitlines()[-3:]
     return "waiting" if tail and PROMPT_PATTERNS.search("\n".join(tail)) else "idle"
 
 
@@ -331,7 +323,7 @@ class Supervisor:
                     prompts=0, activity=self.attempt_t0, started=self.attempt_t0)
         target = C.tmux_target(self.session)
         argv = agent_command(self.attempt, self.argv)
-        if tmux("has-session", "-t", f"={self.session}", check=False).returncode == 0:
+        if tmux("has-session", "-t", f"={self.session}", check=False).exit_code == 0:
             tmux("respawn-pane", "-k", "-t", target, "-c", self.launch.workdir, "--", *argv)
         else:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",

@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sandbox import agentfiles, agents, capacity, contract, gitops, labels as L, spec as spec_
-from sandbox.contract import S
-from sandbox.engine import Engine, ExecResult
+from sandbox.contract import CommandResult, S
+from sandbox.engine import Engine
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
+from sandbox.gitops import BRANCH_PREFIX
 from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
     from sandbox.config import Settings
 
 CONTAINER_PREFIX = "sandbox-"
-BRANCH_PREFIX = gitops.BRANCH_PREFIX
 STATE_MOUNT = contract.STATE_MOUNT
 WIP_PREFIX = "refs/sandbox/wip/"  # the host's copy of each agent's workspace snapshot (a commit)
 
@@ -226,7 +226,7 @@ class SandboxManager:
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
         if sb.agent_state or sb.engine_state != "running":
             return sb
-        res = self.engine.read(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
+        res = self.engine.exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
         state = None
         if res.exit_code == 0 and len(res.stdout) <= agentfiles.STATE_CAP:
             state, _ = agentfiles.parse_state(res.stdout)
@@ -446,7 +446,7 @@ class SandboxManager:
             delay = min(delay * 1.5, 0.025)  # a local file read: polling often costs nothing, late costs latency
 
     # -- talking to an agent -------------------------------------------------------------------
-    def running(self, name: str) -> Sandbox:
+    def require_running(self, name: str) -> Sandbox:
         """The agent, which must be running (one engine call)."""
         sb = self.get(name)
         if sb.engine_state != "running":
@@ -458,19 +458,19 @@ class SandboxManager:
 
     def send(self, name: str, text: str, *, enter: bool = True, sb: Sandbox | None = None) -> Sandbox:
         """Type ``text`` into the agent's pane (after it is ready); ``sb``: a fresh snapshot already at hand."""
-        sb = sb or self.running(name)
+        sb = sb or self.require_running(name)
         if sb.state == "starting":
             sb = self.wait_ready(sb)
         self.tmux(sb).send(text, enter=enter)
         return sb
 
     def logs(self, name: str, lines: int | None = None) -> str:
-        sb = self.running(name)
+        sb = self.require_running(name)
         return self.tmux(sb).capture(lines)
 
     def follow(self, name: str, interval: float = 0.5) -> Iterator[str]:
         """Yield new pane lines as they appear (until the agent stops)."""
-        sb = self.running(name)
+        sb = self.require_running(name)
         tm = self.tmux(sb)
         seen: list[str] = []
         while True:
@@ -489,8 +489,8 @@ class SandboxManager:
             if not self.get(name).engine_state == "running":
                 return
 
-    def exec(self, name: str, argv: list[str]) -> ExecResult:
-        sb = self.running(name)
+    def exec(self, name: str, argv: list[str]) -> CommandResult:
+        sb = self.require_running(name)
         return self.engine.exec(sb.container_id, argv)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -636,6 +636,14 @@ class SandboxManager:
         with ThreadPoolExecutor(max_workers=min(4, len(todo))) as pool:
             list(pool.map(lambda src: self.sync(src, snapshot=False, timeout=30), todo))
 
+    def read_in(self, sb: Sandbox, argv: list[str]) -> CommandResult:
+        """Run a command that only reads inside the agent's container (retried on transient errors)."""
+        return self.engine.exec_retried(sb.container_id, argv)
+
+    def drop_container(self, sb: Sandbox) -> None:
+        """Remove the agent's container (gone already is fine); its work must be saved by the caller."""
+        self.engine.remove(sb.container_id, force=True)
+
     def drop_workspace(self, src: Source) -> None:
         """Delete what the agent had on the host (its work must be saved by the caller)."""
         shutil.rmtree(src.workspace, ignore_errors=True)
@@ -705,5 +713,5 @@ class _DockerExecutor:
     engine: Engine
     container: str
 
-    def run(self, argv: list[str]) -> ExecResult:
+    def run(self, argv: list[str]) -> CommandResult:
         return self.engine.exec(self.container, argv)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sandbox.errors import Conflict, EngineError, EngineUnavailable
@@ -51,45 +52,52 @@ def is_name_held(err: BaseException) -> bool:
     return isinstance(err, Conflict) and bool(NAME_HELD.search(err.message))
 
 
-def _log_retry(state: tenacity.RetryCallState) -> None:
+def _log_retry(policy: str, state: tenacity.RetryCallState) -> None:
     import logging  # only when a retry happens: every command imports this module
 
     log = logging.getLogger("sandbox.retry")
     if not log.handlers:
         log.addHandler(logging.NullHandler())  # quiet unless the application configures logging (one-line errors)
     err = state.outcome.exception() if state.outcome else None
-    log.info("engine call %s failed (attempt %d, %.1fs): %s; retrying",
-                getattr(state.fn, "__name__", "?"), state.attempt_number, state.seconds_since_start, err)
+    log.info("engine call %s failed (%s, attempt %d, %.1fs): %s; retrying", getattr(state.fn, "__name__", "?"),
+             policy, state.attempt_number, state.seconds_since_start, err)
 
 
-def policy(name: str, *, attempts: int, max_seconds: float, first: float = 0.1, cap: float = 2.0,
-           retry_if: Callable[[BaseException], bool] = is_transient) -> tenacity.Retrying:
-    """A bounded policy: exponential backoff with jitter, logged, re-raising the original error."""
-    import tenacity
+@dataclass(frozen=True)
+class Policy:
+    """A named, bounded retry policy: exponential backoff with jitter, each retry logged, the original
+    error re-raised when it gives up. A constant: the tenacity object is made per call (tenacity
+    itself is imported only then)."""
 
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(retry_if),
-        stop=tenacity.stop_after_attempt(attempts) | tenacity.stop_after_delay(max_seconds),
-        wait=tenacity.wait_random_exponential(multiplier=first, max=cap),
-        before_sleep=_log_retry,
-        reraise=True,
-    )
+    name: str
+    attempts: int
+    max_seconds: float
+    first: float = 0.1
+    cap: float = 2.0
+    retry_if: Callable[[BaseException], bool] = is_transient
+
+    def retrying(self) -> tenacity.Retrying:
+        import tenacity
+
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception(self.retry_if),
+            stop=tenacity.stop_after_attempt(self.attempts) | tenacity.stop_after_delay(self.max_seconds),
+            wait=tenacity.wait_random_exponential(multiplier=self.first, max=self.cap),
+            before_sleep=lambda state: _log_retry(self.name, state),
+            reraise=True,
+        )
 
 
 # The named policies.
-def READS() -> tenacity.Retrying:       # list, inspect, reading execs: cheap, repeat quickly
-    return policy("reads", attempts=4, max_seconds=10)
+# list, inspect, reading execs: cheap, repeat quickly
+READS = Policy("reads", attempts=4, max_seconds=10)
+# start, stop: idempotent, may take longer
+LIFECYCLE = Policy("lifecycle", attempts=3, max_seconds=30, first=0.5)
+# create while the previous holder of the name is being removed
+NAME_RELEASE = Policy("name-release", attempts=20, max_seconds=15, first=0.1, cap=1.0,
+                      retry_if=lambda e: is_transient(e) or is_name_held(e))
 
 
-def LIFECYCLE() -> tenacity.Retrying:   # start, stop: idempotent, may take longer
-    return policy("lifecycle", attempts=3, max_seconds=30, first=0.5)
-
-
-def NAME_RELEASE() -> tenacity.Retrying:  # create while the previous holder of the name is being removed
-    return policy("name-release", attempts=20, max_seconds=15, first=0.1, cap=1.0,
-                  retry_if=lambda e: is_transient(e) or is_name_held(e))
-
-
-def call(make_policy: Callable[[], tenacity.Retrying], fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn(*args, **kwargs)`` under a fresh instance of the named policy."""
-    return make_policy()(fn, *args, **kwargs)
+def call(policy: Policy, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn(*args, **kwargs)`` under ``policy`` (a fresh tenacity object: no state shared between calls)."""
+    return policy.retrying()(fn, *args, **kwargs)

@@ -8,32 +8,18 @@ User text is always passed as one argv element (``set-buffer -- TEXT``), never t
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sandbox.contract import tmux_literal as literal, tmux_paste, tmux_target
+from sandbox.contract import CommandResult, tmux_literal as literal, tmux_paste, tmux_target
 from sandbox.errors import AgentError
 
 BUFFER = "sandbox-send"
-__all__ = ["BUFFER", "Executor", "LocalExecutor", "Result", "Tmux", "literal"]
-
-
-class Result(Protocol):
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
+__all__ = ["BUFFER", "Executor", "LocalExecutor", "Tmux", "literal"]
 
 
 class Executor(Protocol):
-    def run(self, argv: list[str]) -> Result: ...
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
+    def run(self, argv: list[str]) -> CommandResult: ...
 
 
 @dataclass(frozen=True)
@@ -42,11 +28,11 @@ class LocalExecutor:
 
     prefix: tuple[str, ...] = ()
 
-    def run(self, argv: list[str]) -> LocalResult:
+    def run(self, argv: list[str]) -> CommandResult:
         if argv and argv[0] == "tmux":
             argv = ["tmux", *self.prefix, *argv[1:]]
         proc = subprocess.run(argv, capture_output=True)
-        return LocalResult(proc.returncode, proc.stdout, proc.stderr)
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 class Tmux:
@@ -60,7 +46,7 @@ class Tmux:
     def target(self) -> str:
         return tmux_target(self.session)
 
-    def _run(self, *args: str, check: bool = True) -> Result:
+    def _run(self, *args: str, check: bool = True) -> CommandResult:
         res = self.executor.run(["tmux", *args])
         if check and res.exit_code != 0:
             err = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
@@ -76,13 +62,9 @@ class Tmux:
         if args:
             self._run(*args)
 
-    def send_keys(self, keys: Sequence[str]) -> None:
-        """Send tmux key names (``C-c``, ``Escape``, ``Enter``)."""
-        self._run("send-keys", "-t", self.target, *keys)
-
     def capture(self, lines: int | None = None) -> str:
         """The pane's text; ``lines`` of scrollback (None = all of it)."""
         start = "-" if lines is None else str(-int(lines))
         res = self._run("capture-pane", "-p", "-J", "-S", start, "-t", self.target)
-        text = res.stdout.decode("utf-8", "replace")
+        text = res.text
         return text.rstrip("\n") + "\n" if text.strip() else ""

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING
 
 from sandbox import gitops, labels as L
 from sandbox.errors import AgentError, Conflict, NotFound, RepoError, SandboxError, UsageError
+from sandbox.gitops import BRANCH_PREFIX
 
 if TYPE_CHECKING:
     from sandbox.config import Settings
     from sandbox.manager import Sandbox, SandboxManager, Source
 
-BRANCH_PREFIX = gitops.BRANCH_PREFIX
 BACKUP_PREFIX = "refs/sandbox/backup/"
 IDENTITY = {"GIT_AUTHOR_NAME": "sandbox", "GIT_AUTHOR_EMAIL": "sandbox@localhost",
             "GIT_COMMITTER_NAME": "sandbox", "GIT_COMMITTER_EMAIL": "sandbox@localhost"}
@@ -492,7 +492,7 @@ def _gc_repo(mgr: SandboxManager, repo: gitops.Repo, mine: list[Sandbox], every:
             def drop_container(s: Sandbox = s) -> str | None:
                 src = mgr.source(s)
                 mgr.sync(src, snapshot=False)
-                mgr.engine.remove(s.container_id, force=True)
+                mgr.drop_container(s)
                 mgr.drop_workspace(src)
                 shutil.rmtree(s.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
                 return None

@@ -300,7 +300,7 @@ def test_network_is_made_once_when_spawns_race_and_locked_has_none(env: Env, rep
 
         def ensure() -> None:
             mine = Engine()
-            mine.ping()
+            mine.networks(direct)  # connected before the race (networks are docker-py's lane)
             start.wait(30)
             got.append(mine.ensure_network(direct, {"sandbox.managed": "1"}))
 

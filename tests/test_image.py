@@ -6,6 +6,7 @@ session by conftest's ``agent_image``) and the docker CLI.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -137,7 +138,8 @@ def test_default_user_is_not_root(agent_image: str) -> None:
 
 @pytest.mark.slow
 def test_pid1_is_tini(agent_image: str) -> None:
-    config = Engine().api.inspect_image(agent_image)["Config"]
+    out = subprocess.run(["docker", "image", "inspect", agent_image], capture_output=True, text=True, check=True).stdout
+    config = json.loads(out)[0]["Config"]
     assert config["Entrypoint"] == ["/usr/bin/tini", "--", "python3", "-m", "sandbox.inside", "init"]
     test = config["Healthcheck"]["Test"]
     assert test[:3] == ["CMD", "/bin/sh", "-c"] and "tmux has-session" in test[3] and "python" not in test[3]

@@ -279,17 +279,17 @@ class _FakeEngine:
     def __init__(self, stdout: bytes, code: int = 0) -> None:
         self.stdout, self.code, self.calls = stdout, code, []  # type: ignore[var-annotated]
 
-    def read(self, ref: str, argv: list[str]):  # type: ignore[no-untyped-def]
-        from sandbox.engine import ExecResult
+    def exec_retried(self, ref: str, argv: list[str]):  # type: ignore[no-untyped-def]
+        from sandbox.contract import CommandResult
 
         self.calls.append(argv)
-        return ExecResult(self.code, self.stdout, b"")
+        return CommandResult(self.code, self.stdout, b"")
 
 
 def test_reply_is_read_safely_and_the_exec_fallback_is_bounded(tmp_path: Path) -> None:
     import types
 
-    from sandbox import agentfiles, status
+    from sandbox import agentfiles, waiting
     from sandbox.errors import AgentError
     from sandbox.manager import Sandbox
 
@@ -298,23 +298,24 @@ def test_reply_is_read_safely_and_the_exec_fallback_is_bounded(tmp_path: Path) -
     state_dir.mkdir()
     sb = Sandbox("a", "cid", "sandbox-a", {"sandbox.state-dir": str(state_dir)}, "running", "Up")
     mgr = types.SimpleNamespace(engine=_FakeEngine(b"from the container"))
+    mgr.read_in = lambda sb, argv: mgr.engine.exec_retried(sb.container_id, argv)
     # No local file (a remote engine): one bounded exec inside the container.
-    assert status._reply(mgr, sb) == "from the container"  # type: ignore[arg-type]
+    assert waiting._reply(mgr, sb) == "from the container"  # type: ignore[arg-type]
     argv = mgr.engine.calls[-1]
     assert argv[:3] == ["timeout", "-s", "KILL"] and "head" in argv and str(agentfiles.REPLY_CAP + 1) in argv
     mgr.engine = _FakeEngine(b"z" * (agentfiles.REPLY_CAP + 1))
     with pytest.raises(AgentError, match="larger than 1 MiB"):
-        status._reply(mgr, sb)  # type: ignore[arg-type]
+        waiting._reply(mgr, sb)  # type: ignore[arg-type]
     mgr.engine = _FakeEngine(b"", code=1)
-    assert status._reply(mgr, sb) == ""  # type: ignore[arg-type]
+    assert waiting._reply(mgr, sb) == ""  # type: ignore[arg-type]
     # A local file: read on the host, never through a link, and no exec.
     (state_dir / "reply.txt").write_text("Answer.")
-    assert status._reply(mgr, sb) == "Answer."  # type: ignore[arg-type]
+    assert waiting._reply(mgr, sb) == "Answer."  # type: ignore[arg-type]
     (state_dir / "reply.txt").unlink()
     (state_dir / "reply.txt").symlink_to(secret)
     calls = len(mgr.engine.calls)
     with pytest.raises(AgentError, match="reply file is a symbolic link") as info:
-        status._reply(mgr, sb)  # type: ignore[arg-type]
+        waiting._reply(mgr, sb)  # type: ignore[arg-type]
     assert marker not in str(info.value) and len(mgr.engine.calls) == calls
 
 

@@ -98,7 +98,7 @@ def _reply(mgr: SandboxManager, sb: Sandbox) -> str:
     container, which sees only the agent's own files."""
     got = agentfiles.read(sb.labels.get(L.STATE_DIR, "/nonexistent"), "reply.txt", agentfiles.REPLY_CAP, "reply file")
     if got.data is None and got.absent:
-        res = mgr.engine.read(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/reply.txt", agentfiles.REPLY_CAP))
+        res = mgr.read_in(sb, agentfiles.exec_argv(f"{STATE_MOUNT}/reply.txt", agentfiles.REPLY_CAP))
         if res.exit_code != 0:
             return ""  # no answer stored
         if len(res.stdout) > agentfiles.REPLY_CAP:

@@ -1,7 +1,9 @@
-"""Building the images, with no registry: the offline base and the agent image.
+"""Building the images, with no registry: the offline base, the agent image and the proxy image.
 
 * ``sandbox-base:bookworm`` — ``images/base/build.sh``: debootstrap a minimal Debian bookworm with
   tmux, git, tini, python3 … and ``docker import`` it (needs root and debootstrap; ~45 s, once).
+* ``sandbox-proxy:bookworm`` — ``images/proxy/build.sh``: the same recipe with nginx-light, squid,
+  ca-certificates and tini (the isolated profile's proxies, ``sandbox/proxy.py``; ~1–2 min, once).
 * ``sandbox-agent:latest`` — ``Dockerfile.agent`` on top of that base (or, online, on
   ``debian:bookworm-slim``), with the real Claude Code CLI taken from PyPI's ``claude-agent-sdk``
   wheel and this package's stdlib-only modules.
@@ -39,6 +41,8 @@ OnLine = Callable[[str], None] | None
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_SCRIPT = REPO_ROOT / "images" / "base" / "build.sh"
+PROXY_SCRIPT = REPO_ROOT / "images" / "proxy" / "build.sh"
+PROXY_IMAGE = "sandbox-proxy:bookworm"  # = sandbox.proxy.IMAGE
 DOCKERFILE = REPO_ROOT / "Dockerfile.agent"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules that run inside the container: standard library only (see AGENTS.md).
@@ -156,30 +160,41 @@ def _extract_member(wheel: Path, member: str, target: Path) -> None:
 # -- base image ----------------------------------------------------------------------------------
 def build_base(engine: Engine, settings: Settings, *, force: bool = False, on_line: OnLine = None) -> str:
     """Ensure the offline base image ``settings.base_image`` exists (``images/base/build.sh``); its id."""
+    return _build_rootfs(engine, settings.base_image, BASE_SCRIPT, "base image", force=force, on_line=on_line)
+
+
+# -- proxy image ---------------------------------------------------------------------------------
+def build_proxy(engine: Engine, ref: str = PROXY_IMAGE, *, force: bool = False, on_line: OnLine = None) -> str:
+    """Ensure the offline proxy image ``ref`` (nginx-light + squid, for the isolated profile's model and
+    egress proxies, see ``sandbox/proxy.py``) exists (``images/proxy/build.sh``); its id."""
+    return _build_rootfs(engine, ref, PROXY_SCRIPT, "proxy image", force=force, on_line=on_line)
+
+
+def _build_rootfs(engine: Engine, ref: str, script: Path, what: str, *, force: bool, on_line: OnLine) -> str:
+    """Reuse ``ref`` when the engine has it (unless ``force``), else run ``script`` (debootstrap + import)."""
     emit = _emitter(on_line)
-    ref = settings.base_image
     if not force:
         image_id = engine.image_id(ref)
         if image_id is not None:
-            emit(f"reusing base image {ref} ({_short(image_id)})")
+            emit(f"reusing {what} {ref} ({_short(image_id)})")
             return image_id
-    if not BASE_SCRIPT.is_file():
+    if not script.is_file():
         raise ImageBuildError(
-            f"{BASE_SCRIPT} is missing: the base image is built from a source checkout of sandbox",
+            f"{script} is missing: the {what} is built from a source checkout of sandbox",
             hint=f"or build {ref} elsewhere and `docker load` it",
         )
     started = time.monotonic()
-    emit(f"building base image {ref} with {BASE_SCRIPT.relative_to(REPO_ROOT)} (needs root and debootstrap)")
-    argv = ["bash", str(BASE_SCRIPT), *(["--force"] if force else []), ref]
+    emit(f"building {what} {ref} with {script.relative_to(REPO_ROOT)} (needs root and debootstrap)")
+    argv = ["bash", str(script), *(["--force"] if force else []), ref]
     rc, tail = _run_streaming(argv, emit)
     if rc != 0:
         errors = [line for line in tail if "error:" in line]
         last = (errors or list(tail) or [f"exit {rc}"])[-1]
-        raise ImageBuildError(f"building base image {ref} failed: {last.removeprefix('build.sh: error: ')}")
+        raise ImageBuildError(f"building {what} {ref} failed: {last.removeprefix('build.sh: error: ')}")
     image_id = engine.image_id(ref)
     if image_id is None:
-        raise ImageBuildError(f"{BASE_SCRIPT.name} finished but the engine has no {ref}")
-    emit(f"base image {ref} ready ({_short(image_id)}, {_elapsed(started)})")
+        raise ImageBuildError(f"{script.name} finished but the engine has no {ref}")
+    emit(f"{what} {ref} ready ({_short(image_id)}, {_elapsed(started)})")
     return image_id
 
 

@@ -2,14 +2,17 @@
 # Build the offline base image for the agent image, with no registry:
 #   debootstrap a minimal Debian bookworm (tmux, git, tini, python3, ...) and `docker import` it.
 #
-# usage: images/base/build.sh [--force] [IMAGE_REF]      (default IMAGE_REF: sandbox-base:bookworm)
-#
+# usage: images/base/build.sh [--force] [--packages P1,P2] [--title T] [--entrypoint JSON] [--cmd JSON] [IMAGE_REF]
+#   (default IMAGE_REF: sandbox-base:bookworm; the options make other images the same way: images/proxy/build.sh)
 # Reuses IMAGE_REF when the engine already has it (unless --force). Needs root and debootstrap.
 # Environment: SANDBOX_DEBIAN_MIRROR (default http://deb.debian.org/debian).
 set -euo pipefail
 
 SUITE=bookworm
 PACKAGES=tmux,git,tini,ca-certificates,procps,python3,less
+TITLE=sandbox-base
+ENTRYPOINT_JSON=
+CMD_JSON='["/bin/bash"]'
 MIRROR=${SANDBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 PATH_ENV=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -22,18 +25,32 @@ usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; }
 
 FORCE=0
 IMAGE_REF=
-for arg in "$@"; do
+while [[ $# -gt 0 ]]; do
+  arg=$1
+  shift
   case $arg in
     --force) FORCE=1 ;;
+    --packages | --title | --entrypoint | --cmd)
+      [[ $# -gt 0 ]] || die "$arg needs a value"
+      case $arg in
+        --packages) PACKAGES=$1 ;;
+        --title) TITLE=$1 ;;
+        --entrypoint) ENTRYPOINT_JSON=$1 ;;
+        --cmd) CMD_JSON=$1 ;;
+      esac
+      shift
+      ;;
     -h | --help) usage; exit 0 ;;
-    -*) die "unknown option: $arg (usage: build.sh [--force] [IMAGE_REF])" ;;
+    -*) die "unknown option: $arg (usage: build.sh [--force] [--packages P1,P2] [--title T] [--entrypoint JSON] [--cmd JSON] [IMAGE_REF])" ;;
     *)
       [[ -z $IMAGE_REF ]] || die "only one IMAGE_REF may be given"
       IMAGE_REF=$arg
       ;;
   esac
 done
-IMAGE_REF=${IMAGE_REF:-sandbox-base:bookworm}
+[[ $TITLE =~ ^[a-z0-9][a-z0-9._-]*$ ]] || die "--title must be an image name (lower case, digits, . _ -): $TITLE"
+IMAGE_REF=${IMAGE_REF:-$TITLE:bookworm}
+[[ $PACKAGES =~ ^[a-z0-9][a-z0-9.+-]*(,[a-z0-9][a-z0-9.+-]*)*$ ]] || die "--packages must be Debian package names separated by commas: $PACKAGES"
 
 command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed (apt package: docker.io)"
 
@@ -46,7 +63,7 @@ fi
 command -v debootstrap >/dev/null 2>&1 || die "debootstrap is not installed (apt package: debootstrap; apt-get install debootstrap)"
 docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running? try: docker info)"
 
-WORK=$(mktemp -d /var/tmp/sandbox-base.XXXXXX)
+WORK=$(mktemp -d "/var/tmp/$TITLE.XXXXXX")
 ROOTFS=$WORK/rootfs
 
 cleanup() {
@@ -100,12 +117,13 @@ EOF
 
 start=$SECONDS
 log "importing the root filesystem into the engine as $IMAGE_REF"
+CHANGES=(--change "ENV PATH=$PATH_ENV" --change "CMD $CMD_JSON")
+[[ -z $ENTRYPOINT_JSON ]] || CHANGES+=(--change "ENTRYPOINT $ENTRYPOINT_JSON")
 tar --numeric-owner -C "$ROOTFS" -c . |
   docker import \
-    --change "ENV PATH=$PATH_ENV" \
-    --change 'CMD ["/bin/bash"]' \
-    --change 'LABEL org.opencontainers.image.title=sandbox-base' \
+    "${CHANGES[@]}" \
+    --change "LABEL org.opencontainers.image.title=$TITLE" \
     --change "LABEL org.opencontainers.image.description=\"debootstrap $SUITE minbase + ${PACKAGES//,/ }\"" \
-    --message "sandbox base: debootstrap $SUITE minbase + $PACKAGES" \
+    --message "$TITLE: debootstrap $SUITE minbase + $PACKAGES" \
     - "$IMAGE_REF" >/dev/null
 log "imported $IMAGE_REF ($(docker image inspect --format '{{.Id}}' "$IMAGE_REF")) in $((SECONDS - start)) s"

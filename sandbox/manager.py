@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sandbox import __version__, agentfiles, agents, capacity, contract, gitops, labels as L
 from sandbox.engine import Engine, ExecResult
@@ -28,6 +28,11 @@ from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
     from sandbox.config import Settings
+    from sandbox.lightsettings import ManagerSettings
+
+# Finding, listing and talking to agents read only ``ManagerSettings`` (the full ``Settings`` or
+# ``lightsettings.LightSettings``); spawning needs the full ``Settings`` (``self: SandboxManager[Settings]``).
+S = TypeVar("S", bound="ManagerSettings")
 
 CONTAINER_PREFIX = "sandbox-"
 BRANCH_PREFIX = gitops.BRANCH_PREFIX
@@ -191,10 +196,10 @@ def _limits_and_network(s: Settings, engine: Engine) -> dict[str, Any]:
     return fields
 
 
-class SandboxManager:
+class SandboxManager(Generic[S]):
     """Create, find and remove agent sandboxes. Holds one engine connection."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: S, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or Engine()
 
@@ -261,7 +266,7 @@ class SandboxManager:
         return f"{prefix}-{n}"
 
     def spawn(
-        self,
+        self: SandboxManager[Settings],
         task: str | None,
         *,
         repo_path: Path | None = None,
@@ -314,7 +319,7 @@ class SandboxManager:
         return sum(1 for sb in self.list(sync=False) if sb.state in capacity.WORKING)
 
     def _spawn_named(
-        self,
+        self: SandboxManager[Settings],
         name: str,
         spec: agents.AgentSpec,
         task: str | None,
@@ -451,7 +456,7 @@ class SandboxManager:
             f"{objects}:{objects}:ro",
         ]
 
-    def _labels(self, name: str, spec: agents.AgentSpec, model: str | None, repo: gitops.Repo, branch: str,
+    def _labels(self: SandboxManager[Settings], name: str, spec: agents.AgentSpec, model: str | None, repo: gitops.Repo, branch: str,
                 base_sha: str, worktree: Path, state_dir: Path, task: str | None, uid: int) -> dict[str, str]:
         labels = {
             L.MANAGED: "1",
@@ -480,7 +485,7 @@ class SandboxManager:
         labels[L.IDLE_TIMEOUT] = f"{self.settings.idle_timeout:g}" if self.settings.idle_timeout else ""
         return labels
 
-    def _secrets(self, spec: agents.AgentSpec) -> tuple[dict[str, str], bool]:
+    def _secrets(self: SandboxManager[Settings], spec: agents.AgentSpec) -> tuple[dict[str, str], bool]:
         secrets = {k: os.environ[k] for k in self.settings.secret_env if os.environ.get(k)}
         mode = self.settings.mock_model
         has_key = any(k in secrets for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"))

@@ -1,3 +1,3 @@
-from sandbox.fast import main
+from sandbox.cli import main
 
 main()

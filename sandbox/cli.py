@@ -1,22 +1,104 @@
-"""The command line: parse, call one library function, render. Errors leave through ``main()``."""
+"""The command line: parse, call one library function, render. Errors leave through ``main()``.
 
-from __future__ import annotations
+The one entry point (``sandbox = sandbox.cli:main``). It imports only typer and the standard library
+up front; each command imports what it needs. The commands that find and talk to agents (``ls``,
+``logs``, ``send``, ``attach``, ``exec``, ``wait``) take their settings from ``lightsettings.read``
+(no pydantic unless a value needs it) and reach the engine through ``engine.py``'s plain-HTTP lane
+(no docker-py); the others build the full ``Settings`` (``config.load_settings``).
+"""
+
+# (No `from __future__ import annotations` here: typer would evaluate every command's annotation strings
+# on each run, ~10 ms.)
 
 import json
 import os
+import re
 import shutil
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer._coercion import RuntimeParam, build_runtime_param
+from typer._param_types import coerce_cli_path
+from typer.core import TyperCommand, TyperGroup, _TyperParameter
 
 from sandbox import __version__
 from sandbox.errors import SandboxError, UsageError
 from sandbox.terminal import for_stream
 
-app = typer.Typer(
+_DIGITS = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+
+
+@dataclass(frozen=True)
+class _PlainValue(RuntimeParam):
+    """A parameter's value converted without pydantic when it is plain — a string for ``str`` (and
+    ``list[str]``), digits for ``int``, digits with an optional decimal part for ``float``, a path for
+    ``Path`` (typer's own path checks, given a ``Path``) — else by typer's own coercion, which imports
+    pydantic (typer 0.29 converts every non-bool parameter through a pydantic ``TypeAdapter``: ~30-100
+    ms, more than ``sandbox ls`` does). The same values and the same errors as typer's, either way."""
+
+    def _coerce_value(self, value: Any, param: _TyperParameter, ctx: Any) -> Any:
+        kind = self.annotation
+        if kind is str and isinstance(value, str):
+            return value
+        if kind == list[str] and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return list(value)
+        if kind is int and isinstance(value, str) and _DIGITS.fullmatch(value):
+            return int(value)
+        if kind is float and isinstance(value, str) and _DECIMAL.fullmatch(value):
+            return float(value)
+        if kind is Path and isinstance(value, str) and not self.parameter_info.path_type:
+            return coerce_cli_path(Path(value), self.parameter_info, path_type=Path, param=param, ctx=ctx)
+        return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
+
+
+def _plain(params: list[Any]) -> None:
+    """Give typer's parameters ``_PlainValue`` (typer builds its coercion lazily, in ``_runtime_param``:
+    this sets it first). A typer without that attribute fails here, at once, in every test."""
+    for param in params:
+        if isinstance(param, _TyperParameter) and param.type_descriptor.file_annotation is None:
+            desc = param.type_descriptor
+            param._runtime_param = _PlainValue(parameter_info=desc.parameter_info, annotation=desc.annotation)
+
+
+class _Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        _plain([option])
+        return option
+
+
+class _Group(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _plain(self.params)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        _plain([option])
+        return option
+
+
+class _Typer(typer.Typer):
+    """``typer.Typer`` whose groups and commands convert plain values without pydantic (``_PlainValue``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=_Group, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _Typer(
     name="sandbox",
     help="Every AI coding agent in its own Docker container: a git worktree mounted, tmux inside, "
     "found again through container labels.",
@@ -25,8 +107,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-image_app = typer.Typer(help="Build and inspect the agent image.", no_args_is_help=True)
-config_app = typer.Typer(help="Show the effective settings.", no_args_is_help=True)
+image_app = _Typer(help="Build and inspect the agent image.", no_args_is_help=True)
+config_app = _Typer(help="Show the effective settings.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 app.add_typer(config_app, name="config")
 
@@ -46,11 +128,28 @@ def _root(
     """Run `sandbox COMMAND --help` for each command's options and an example."""
 
 
-def _manager(repo: Path | None = None, **flags: Any):  # type: ignore[no-untyped-def]
+if TYPE_CHECKING:
+    from sandbox.config import Settings
+    from sandbox.lightsettings import ManagerSettings
+    from sandbox.manager import SandboxManager
+
+
+def _manager(repo: Path | None = None, **flags: Any) -> "SandboxManager[Settings]":
+    """A manager with the full ``Settings`` (pydantic): for spawning and everything else."""
     from sandbox.config import load_settings
     from sandbox.manager import SandboxManager
 
     return SandboxManager(load_settings(repo, **flags))
+
+
+def _reader(repo: Path | None = None) -> "tuple[Path | None, SandboxManager[ManagerSettings]]":
+    """(the repository's main checkout or None, a manager that finds and talks to agents), its
+    settings read by ``lightsettings.read`` (the same sources; the full ``Settings`` when it must)."""
+    from sandbox import lightsettings
+    from sandbox.manager import SandboxManager
+
+    top, settings = lightsettings.read(repo)
+    return top, SandboxManager(settings)
 
 
 def _agent(name: str):  # type: ignore[no-untyped-def]
@@ -128,9 +227,8 @@ def ls(
 
     Example: sandbox ls --all --json
     """
-    from sandbox import gitops
-
-    found = _manager(repo).list(repo=gitops.scope(repo, all_repos), exec_state=exec_state)
+    top, mgr = _reader(repo)
+    found = mgr.list(repo=None if all_repos else top, exec_state=exec_state)  # = gitops.scope(repo, all_repos)
     if as_json:
         typer.echo(json.dumps([s.to_json() for s in found], indent=2))
         return
@@ -155,7 +253,7 @@ def attach(name: str) -> None:
 
     Example: sandbox attach sonnet-1
     """
-    sb = _manager().get(name)
+    sb = _reader()[1].get(name)
     argv = sb.attach_command()
     if shutil.which("docker") is None:
         raise SandboxError("the docker CLI is needed to attach", hint=" ".join(argv))
@@ -175,14 +273,15 @@ def send(
 
     Example: sandbox send sonnet-1 "also add a test" --wait --timeout 600
     """
+    mgr = _reader()[1]
     if text == "-":
         text = sys.stdin.read()
     if wait:
         from sandbox import waiting
 
-        typer.echo(for_stream(waiting.send_wait(_manager(), name, text, timeout=timeout)))
+        typer.echo(for_stream(waiting.send_wait(mgr, name, text, timeout=timeout)))
         return
-    _manager().send(name, text, enter=not no_enter)
+    mgr.send(name, text, enter=not no_enter)
 
 
 @app.command("wait")
@@ -197,7 +296,7 @@ def wait_(
     """
     from sandbox import waiting
 
-    typer.echo(waiting.wait(_manager(), name, until=until, timeout=timeout).state)
+    typer.echo(waiting.wait(_reader()[1], name, until=until, timeout=timeout).state)
 
 
 @app.command()
@@ -210,7 +309,7 @@ def logs(
 
     Example: sandbox logs sonnet-1 -n 200
     """
-    mgr = _manager()
+    mgr = _reader()[1]
     if follow:
         try:
             for line in map(for_stream, mgr.follow(name)):
@@ -230,7 +329,7 @@ def exec_(
 
     Example: sandbox exec sonnet-1 -- git log --oneline
     """
-    mgr = _manager()
+    mgr = _reader()[1]
     sb = mgr.get(name)
     if shutil.which("docker") and sys.stdin.isatty():
         os.execvp("docker", ["docker", "exec", "-it", "-w", str(sb.worktree), sb.container_name, *argv])

@@ -3,7 +3,9 @@
 Precedence, highest first: command-line flags (passed as keyword arguments), ``SANDBOX_*``
 environment variables, the repository file ``<repo>/.sandbox.toml``, the user file
 ``$XDG_CONFIG_HOME/sandbox/config.toml``, then the defaults below. Which files apply and what they
-say comes from ``sandbox.configfiles`` — the same function the fast entry point uses.
+say comes from ``sandbox.configfiles``. The commands that only find and talk to agents (``ls``,
+``logs``, ``send``…) read their few settings with ``sandbox.lightsettings`` from the same sources,
+and come here only when a value needs pydantic's judgement (``settings_from``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ from pydantic_settings import (
 from sandbox import configfiles
 from sandbox.configfiles import user_config_file as user_config_file
 from sandbox.errors import UsageError
+from sandbox.lightsettings import (
+    DEFAULT_IMAGE,
+    DEFAULT_READY_TIMEOUT,
+    DEFAULT_SYNC_TIMEOUT,
+    ROOT_FALLBACK_UID as ROOT_FALLBACK_UID,
+    agent_ids,
+    default_data_dir,
+    xdg_dir,
+)
 
 # Environment variables forwarded to the agent as secrets (never as container env).
 DEFAULT_SECRET_ENV = [
@@ -38,30 +49,22 @@ DEFAULT_SECRET_ENV = [
     "OPENROUTER_API_KEY",
 ]
 
-# A uid with no account on typical hosts, used for the agent when the invoking user is root.
-ROOT_FALLBACK_UID = 61000
-
-
-def _xdg(var: str, default: str) -> Path:
-    value = os.environ.get(var)
-    return Path(value) if value else Path.home() / default
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SANDBOX_", extra="ignore")
 
-    image: str = "sandbox-agent:latest"
+    image: str = DEFAULT_IMAGE
     base_image: str = "sandbox-base:bookworm"
-    data_dir: Path = Field(default_factory=lambda: _xdg("XDG_DATA_HOME", ".local/share") / "sandbox")
-    cache_dir: Path = Field(default_factory=lambda: _xdg("XDG_CACHE_HOME", ".cache") / "sandbox")
+    data_dir: Path = Field(default_factory=default_data_dir)
+    cache_dir: Path = Field(default_factory=lambda: xdg_dir("XDG_CACHE_HOME", ".cache") / "sandbox")
     agent: str = "claude"
     model: str | None = None
     profile: Literal["default", "locked"] = "default"
     agent_uid: int | None = None
     agent_gid: int | None = None
     mock_model: Literal["auto", "on", "off"] = "auto"
-    ready_timeout: float = 90.0
-    sync_timeout: float = Field(default=120.0, gt=0)  # bringing an agent's work over (one fetch), seconds
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
+    sync_timeout: float = Field(default=DEFAULT_SYNC_TIMEOUT, gt=0)  # bringing an agent's work over (one fetch), seconds
     claude_sdk_version: str = "0.2.189"
     secret_env: list[str] = Field(default_factory=lambda: list(DEFAULT_SECRET_ENV))
     # Per-agent limits (README "Security"): enough for a coding agent that builds and tests, not the host.
@@ -106,16 +109,7 @@ class Settings(BaseSettings):
 
     def uid_gid(self) -> tuple[int, int]:
         """The uid:gid the agent runs as: the invoking user's, never root."""
-        uid, gid = os.getuid(), os.getgid()
-        if uid == 0:
-            sudo_uid = int(os.environ.get("SUDO_UID", "0") or 0)
-            uid = sudo_uid or ROOT_FALLBACK_UID
-            gid = int(os.environ.get("SUDO_GID", "0") or 0) or uid
-        if self.agent_uid is not None:
-            uid = self.agent_uid
-        if self.agent_gid is not None:
-            gid = self.agent_gid
-        return uid, gid
+        return agent_ids(self.agent_uid, self.agent_gid)
 
     def masked(self) -> dict[str, Any]:
         """Effective settings for display, plus which secrets are set (masked)."""
@@ -145,7 +139,13 @@ def load_settings(repo: Path | None = None, **flags: Any) -> Settings:
     """Build the settings for a command acting on ``repo`` (its ``--repo`` option; None: the
     repository around the current directory, if any); flags that are None are left to the other
     sources. A bad value from any source is a ``UsageError`` (one line)."""
-    token = _FILE_VALUES.set(configfiles.file_values(repo)[1])
+    return settings_from(configfiles.file_values(repo)[1], flags)
+
+
+def settings_from(files: dict[str, Any], flags: dict[str, Any]) -> Settings:
+    """``Settings`` from flags (None = not given), the environment and these merged file values
+    (``configfiles.file_values``); a bad value is a ``UsageError``."""
+    token = _FILE_VALUES.set(files)
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:

@@ -1,8 +1,8 @@
 """Which settings files apply, and what they say: one function for every command.
 
-Stdlib only (plus ``gitops`` for the repository): the fast entry point (``sandbox/fast.py``) reads
-its few settings with it, and the full ``Settings`` (``sandbox/config.py``, pydantic) takes its
-file values from it, so both see the same files in the same order.
+Stdlib only (plus ``gitops`` for the repository): the light settings (``sandbox/lightsettings.py``)
+and the full ``Settings`` (``sandbox/config.py``, pydantic) both take their file values from it, so
+both see the same files in the same order.
 
 Files, highest precedence first (flags and ``SANDBOX_*`` variables come before both):
 

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from sandbox import agentfiles, agents, capacity, contract, gitops, labels as L, spec as spec_
 from sandbox.contract import CommandResult, S
@@ -29,6 +29,11 @@ from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
     from sandbox.config import Settings
+    from sandbox.lightsettings import ManagerSettings
+
+# Finding, listing and talking to agents read only ``ManagerSettings`` (the full ``Settings`` or
+# ``lightsettings.LightSettings``); spawning needs the full ``Settings`` (``self: SandboxManager[Settings]``).
+SettingsT = TypeVar("SettingsT", bound="ManagerSettings")
 
 CONTAINER_PREFIX = "sandbox-"
 STATE_MOUNT = contract.STATE_MOUNT
@@ -179,10 +184,10 @@ def _chown_tree(uid: int, gid: int, *paths: Path) -> None:
                 os.lchown(os.path.join(root, n), uid, gid)
 
 
-class SandboxManager:
+class SandboxManager(Generic[SettingsT]):
     """Create, find and remove agent sandboxes. Holds one engine connection."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+    def __init__(self, settings: SettingsT, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or Engine()
 
@@ -249,7 +254,7 @@ class SandboxManager:
         return f"{prefix}-{n}"
 
     def spawn(
-        self,
+        self: SandboxManager[Settings],
         task: str | None,
         *,
         repo_path: Path | None = None,
@@ -302,7 +307,7 @@ class SandboxManager:
         return sum(1 for sb in self.list(sync=False) if sb.state in capacity.WORKING)
 
     def _spawn_named(
-        self,
+        self: SandboxManager[Settings],
         name: str,
         agent: agents.AgentSpec,
         task: str | None,
@@ -381,7 +386,7 @@ class SandboxManager:
             os.chown(ws.state_dir, uid, gid)
         undo.callback(shutil.rmtree, ws.state_dir, True)
 
-    def _run(self, container: spec_.ContainerSpec, undo: ExitStack, slot: capacity.Slot) -> str:
+    def _run(self: SandboxManager[Settings], container: spec_.ContainerSpec, undo: ExitStack, slot: capacity.Slot) -> str:
         """Spawn, second half: create what the spec says, copy the launch files in, start it."""
         network_id = None
         if not container.network.disabled:
@@ -399,7 +404,7 @@ class SandboxManager:
         slot.release()  # the new agent is `starting` now: it counts itself
         return cid
 
-    def _secrets(self, agent: agents.AgentSpec) -> tuple[dict[str, str], bool]:
+    def _secrets(self: SandboxManager[Settings], agent: agents.AgentSpec) -> tuple[dict[str, str], bool]:
         secrets = {k: os.environ[k] for k in self.settings.secret_env if os.environ.get(k)}
         mode = self.settings.mock_model
         has_key = any(k in secrets for k in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"))

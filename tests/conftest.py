@@ -197,16 +197,18 @@ TEST_USER = "sbxtest"
 
 @pytest.fixture(scope="session")
 def user_python() -> str:
-    """A Python the test user can run, with sandbox's dependencies (ours lives under /root)."""
+    """A Python the test user can run, with sandbox's runtime dependencies at the pinned versions
+    (ours lives under /root)."""
     if os.getuid() != 0 or shutil.which("runuser") is None:
         pytest.skip("needs root to create a test user (CI runs as root)")
     venv = Path("/var/tmp/sandbox-test-user-venv")
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import docker, typer, tenacity, pydantic_settings, libtmux"]
+    probe = [str(python), "-c", "import docker, typer, tenacity, pydantic_settings"]
     if not python.exists() or subprocess.run(probe, capture_output=True).returncode != 0:
         subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "docker", "typer", "tenacity",
-                        "pydantic-settings", "libtmux"], check=True)
+        constraints = Path(__file__).resolve().parent.parent / "constraints.txt"
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(constraints), "docker", "typer",
+                        "tenacity", "pydantic-settings"], check=True)
     return str(python)
 
 

@@ -87,10 +87,10 @@ def test_state_symlink_to_a_root_only_host_file_is_not_followed(env: Env, repo: 
 
     reasons = []
     for _ in range(6):
-        out, row = ls_json(env, repo)  # the fast path (sandbox/fast.py)
+        out, row = ls_json(env, repo)  # the light settings (sandbox/lightsettings.py)
         assert marker not in out and row["name"] == name
         reasons.append(row["reason"])
-        table = env.run("ls", cwd=repo, timeout=BOUND)  # the full CLI
+        table = env.run("ls", cwd=repo, timeout=BOUND)  # the table
         assert table.code == 0 and marker not in table.out + table.err and name in table.out
         full = env.run("ls", "--json", "--exec-state", cwd=repo, timeout=BOUND, extra={"SANDBOX_NO_FAST": "1"})
         assert full.code == 0 and marker not in full.out + full.err

@@ -83,7 +83,7 @@ def test_fast_path_reads_the_same_files(env: Env, reap_repo: Path) -> None:
     traced = cli.ok("ls", "--json", cwd=repo, extra={"PYTHONPROFILEIMPORTTIME": "1"})
     assert [a["name"] for a in traced.json()] == ["rf-fast"]
     imported = {line.rsplit("|", 1)[-1].strip() for line in traced.err.splitlines()}
-    assert "sandbox.configfiles" in imported and not imported & {"typer", "pydantic", "docker"}  # still fast
+    assert "sandbox.configfiles" in imported and not imported & {"pydantic", "pydantic_settings", "docker"}  # light
     settings.write_text('run_id = "someone-else"\n')  # now this run's agent is not in scope
     for extra in ({}, {"SANDBOX_NO_FAST": "1"}):
         assert cli.ok("ls", "--json", cwd=repo, extra=extra).json() == []

@@ -32,7 +32,7 @@ def one_usage_line(res, *words: str) -> str:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("argv, words", [
     (["spawn", "--profile", "isolated"], ["profile", "isolated", "locked"]),  # a bad setting value
     (["ls", "--bogus"], ["No such option: --bogus", "sandbox ls --help"]),
-    (["ls", "--json", "--bogus"], ["--bogus"]),                                # not the fast path either
+    (["ls", "--json", "--bogus"], ["--bogus"]),
     (["spawn", "--retries", "abc"], ["--retries", "integer"]),
     (["spawn", "--retries", "-1"], ["retries", "-1"]),
     (["logs", "x", "-n", "abc"], ["--lines"]),
@@ -48,7 +48,7 @@ def test_bad_setting_from_env_or_file_is_a_usage_error(cli: Env, tmp_path: Path)
     one_usage_line(cli.run("config", "show", extra={"SANDBOX_RETRIES": "many"}), "retries", "many")
     repo = make_repo(tmp_path / "repo")
     (repo / ".sandbox.toml").write_text("retries = [\n")  # not TOML
-    for argv in (["ls", "--json"], ["ls"], ["config", "show"]):  # fast path and full CLI alike
+    for argv in (["ls", "--json"], ["ls"], ["config", "show"]):  # light settings and full Settings alike
         one_usage_line(cli.run(*argv, cwd=repo), str(repo / ".sandbox.toml"))
 
 

@@ -398,7 +398,7 @@ def diff(
 
     Example: sandbox diff sonnet-1 --stat
     """
-    from sandbox import work
+    from sandbox.workspace import work
 
     typer.echo(for_stream(work.diff(*_agent(name), stat=stat, uncommitted=uncommitted)), nl=False)
 
@@ -415,7 +415,7 @@ def merge(
 
     Example: sandbox merge sonnet-1 --squash
     """
-    from sandbox import work
+    from sandbox.workspace import work
 
     if squash and rebase:
         raise UsageError("--squash and --rebase exclude each other")
@@ -442,7 +442,8 @@ def sync(
 
     Example: sandbox sync sonnet-1 && git log sandbox/sonnet-1
     """
-    from sandbox import gitops, work
+    from sandbox.workspace import git as gitops
+    from sandbox.workspace import work
 
     if (name is None) == (not all_):
         raise UsageError("name an agent, or pass --all")
@@ -467,7 +468,7 @@ def apply(name: str) -> None:
 
     Example: sandbox apply sonnet-1
     """
-    from sandbox import work
+    from sandbox.workspace import work
 
     files = work.apply(*_agent(name))
     typer.echo("\n".join(files) if files else "nothing to apply")
@@ -482,7 +483,7 @@ def push(
 
     Example: sandbox push sonnet-1 --remote origin
     """
-    from sandbox import work
+    from sandbox.workspace import work
 
     typer.echo(work.push(*_agent(name), remote))
 
@@ -497,7 +498,7 @@ def pr(
 
     Example: sandbox pr sonnet-1
     """
-    from sandbox import work
+    from sandbox.workspace import work
 
     typer.echo(work.pr(*_agent(name), remote, base))
 
@@ -513,7 +514,7 @@ def restore(
 
     Example: sandbox restore sonnet-1
     """
-    from sandbox import work
+    from sandbox.workspace import work
     from sandbox.config import load_settings
 
     res = work.restore(load_settings(repo), repo, name, ref, path)
@@ -531,7 +532,7 @@ def gc(
 
     Example: sandbox gc --apply
     """
-    from sandbox import work
+    from sandbox.workspace import work
 
     actions = work.gc(_manager(repo), repo, all_repos=all_repos)
     for a in actions:
@@ -598,7 +599,7 @@ def mock_model(
 
     Example: sandbox mock-model --port 8642   # then ANTHROPIC_BASE_URL=http://127.0.0.1:8642
     """
-    from sandbox import mockmodel
+    from sandbox.inside import mockmodel
 
     argv = ["--host", host, "--port", str(port)] + (["--script", str(script)] if script else [])
     raise typer.Exit(mockmodel.main(argv))

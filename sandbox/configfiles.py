@@ -31,7 +31,7 @@ def user_config_file() -> Path:
 def repo_top(repo: Path | None) -> Path | None:
     """The main checkout of the repository a command acts on: ``repo`` (the ``--repo`` option; not
     a repository is an error), else the one around the current directory (None outside any)."""
-    from sandbox import gitops
+    from sandbox.workspace import git as gitops
 
     return gitops.scope(repo, False)
 

@@ -13,7 +13,7 @@
     └── GitError                  exit 3   a git command failed (argv and stderr attached)
 
 Engine answers (either lane: plain HTTP or docker-py) are translated in ``sandbox.engine.engine_error``
-only; git errors in ``sandbox.gitops`` only. The CLI prints ``str(err)`` as one line and exits with ``err.exit_code``.
+only; git errors in ``sandbox.workspace.git`` only. The CLI prints ``str(err)`` as one line and exits with ``err.exit_code``.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ PROXY_IMAGE = "sandbox-proxy:bookworm"  # = sandbox.proxy.IMAGE
 DOCKERFILE = REPO_ROOT / "Dockerfile.agent"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules that run inside the container: standard library only (see AGENTS.md).
-INSIDE_MODULES = ("__init__.py", "contract.py", "inside.py", "mockmodel.py")
+INSIDE_MODULES = ("__init__.py", "contract.py", "inside/__init__.py", "inside/__main__.py", "inside/export.py",
+                  "inside/mockmodel.py")
 
 ONLINE_BASE = "debian:bookworm-slim"
 SDK_PACKAGE = "claude-agent-sdk"
@@ -311,6 +312,7 @@ def _make_context(root: Path, claude: Path, files: dict[str, bytes]) -> Path:
     (context / "sandbox").mkdir(mode=0o755)
     for name, data in files.items():
         dest = context / name
+        dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         dest.write_bytes(data)
         os.chmod(dest, 0o644)
     return context

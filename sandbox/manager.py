@@ -20,11 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, agents, capacity, contract, gitops, labels as L, spec as spec_
+from sandbox import agentfiles, agents, capacity, contract, labels as L, spec as spec_
+from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
 from sandbox.engine import Engine
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
-from sandbox.gitops import BRANCH_PREFIX
+from sandbox.workspace.git import BRANCH_PREFIX
 from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
@@ -527,11 +528,11 @@ class SandboxManager(Generic[SettingsT]):
         First brings the agent's work over (``sync``) and refuses when the workspace has uncommitted
         changes or commits neither merged nor pushed (or cannot be read), unless ``force``. Once the
         container is gone, the final state is read once more and, when at risk, saved under a
-        backup ref (see ``sandbox.work``), passed to ``on_backup``. When that final state cannot be
+        backup ref (see ``sandbox.workspace.work``), passed to ``on_backup``. When that final state cannot be
         read, the workspace and the agent's git dir are kept (what was read last is backed up) and
         ``on_kept`` gets why: nothing that could not be saved is ever deleted.
         """
-        from sandbox import work
+        from sandbox.workspace import work
 
         sb = self.get(name)
         work.check_removable(self, sb, force=force)

@@ -69,7 +69,7 @@ def test_image_missing(env: Env, repo: Path) -> None:
 
 
 def test_worktree_path_already_there(env: Env, repo: Path) -> None:
-    from sandbox.gitops import find_repo
+    from sandbox.workspace.git import find_repo
 
     target = env.data / "workspaces" / find_repo(repo).slug / "taken"
     target.mkdir(parents=True)

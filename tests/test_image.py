@@ -121,7 +121,7 @@ def test_claude_code_runs_as_any_uid(agent_image: str) -> None:
 def test_tools_and_modules(agent_image: str) -> None:
     out = run_in(
         agent_image, "-c",
-        "tmux -V && git --version && python3 -c 'import sandbox.inside, sandbox.mockmodel; print(\"modules ok\")'"
+        "tmux -V && git --version && python3 -c 'import sandbox.inside, sandbox.inside.mockmodel; print(\"modules ok\")'"
         " && git config --system --list",
         entrypoint="sh",
     )  # fmt: skip

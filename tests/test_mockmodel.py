@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import mockmodel
+from sandbox.inside import mockmodel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TOOLS = [{"name": "Write", "input_schema": {}}, {"name": "Bash", "input_schema": {}}]
@@ -210,7 +210,7 @@ def test_main_ready_file_and_log(tmp_path: pathlib.Path) -> None:
     script, ready, log = tmp_path / "s.json", tmp_path / "ready", tmp_path / "log.jsonl"
     script.write_text(json.dumps({"turns": [{"steps": [{"text": "hi {prompt}"}]}]}))
     assert mockmodel.main(["--script", str(tmp_path / "missing.json")]) == 2
-    proc = subprocess.Popen([sys.executable, "-m", "sandbox.mockmodel", "--port", "0", "--script", str(script),
+    proc = subprocess.Popen([sys.executable, "-m", "sandbox.inside.mockmodel", "--port", "0", "--script", str(script),
                              "--ready-file", str(ready), "--log", str(log)], cwd=ROOT, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10

@@ -234,7 +234,7 @@ LABEL = ["--label", f"sandbox.run-id={RUN_ID}"]
 # line on stdout): what the model API would see.
 MODEL_SERVER = r"""
 import json, sys
-from sandbox import mockmodel
+from sandbox.inside import mockmodel
 srv = mockmodel.make_server("0.0.0.0", 8642)
 Base = srv.RequestHandlerClass
 class Recording(Base):

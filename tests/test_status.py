@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import retry
+from sandbox.engine import retry
 from sandbox.errors import Conflict, EngineError, EngineUnavailable, NotFound
 from tests.conftest import RUN_ID, Env, wait_for
 

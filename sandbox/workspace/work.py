@@ -29,9 +29,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandbox import gitops, labels as L
+from sandbox import labels as L
+from sandbox.workspace import git as gitops
 from sandbox.errors import AgentError, Conflict, NotFound, RepoError, SandboxError, UsageError
-from sandbox.gitops import BRANCH_PREFIX
+from sandbox.workspace.git import BRANCH_PREFIX
 
 if TYPE_CHECKING:
     from sandbox.config import Settings

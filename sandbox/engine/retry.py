@@ -55,7 +55,7 @@ def is_name_held(err: BaseException) -> bool:
 def _log_retry(policy: str, state: tenacity.RetryCallState) -> None:
     import logging  # only when a retry happens: every command imports this module
 
-    log = logging.getLogger("sandbox.retry")
+    log = logging.getLogger("sandbox.engine.retry")
     if not log.handlers:
         log.addHandler(logging.NullHandler())  # quiet unless the application configures logging (one-line errors)
     err = state.outcome.exception() if state.outcome else None

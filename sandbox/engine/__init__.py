@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from sandbox import retry
+from sandbox.engine import retry
 from sandbox.contract import CommandResult
 from sandbox.errors import Conflict, EngineError, EngineUnavailable, ImageMissing, NotFound, SandboxError
 

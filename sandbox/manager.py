@@ -11,7 +11,6 @@ import io
 import os
 import re
 import shutil
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -20,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, agents, capacity, contract, labels as L, spec as spec_
+from sandbox import agentfiles, contract, labels as L
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
 from sandbox.engine import Engine
@@ -29,6 +28,7 @@ from sandbox.workspace.git import BRANCH_PREFIX
 from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
+    from sandbox import agents, capacity, spec as spec_  # (spawning only: imported there)
     from sandbox.config import Settings
     from sandbox.lightsettings import ManagerSettings
 
@@ -164,6 +164,8 @@ def _read_state(state_dir: str | None) -> dict[str, Any]:
 
 
 def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int, top: str) -> bytes:
+    import tarfile
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         d = tarfile.TarInfo(top)
@@ -269,6 +271,8 @@ class SandboxManager(Generic[SettingsT]):
         on_step: Callable[[str], None] | None = None,
         queue: bool = False,
     ) -> Sandbox:
+        from sandbox import agents, capacity
+
         s = self.settings
         step = on_step or (lambda _msg: None)
         agent = agent or s.agent
@@ -305,7 +309,9 @@ class SandboxManager(Generic[SettingsT]):
 
     def working_count(self) -> int:
         """Agents holding a capacity slot: starting, busy or waiting (one engine call)."""
-        return sum(1 for sb in self.list(sync=False) if sb.state in capacity.WORKING)
+        from sandbox.capacity import WORKING
+
+        return sum(1 for sb in self.list(sync=False) if sb.state in WORKING)
 
     def _spawn_named(
         self: SandboxManager[Settings],
@@ -341,6 +347,8 @@ class SandboxManager(Generic[SettingsT]):
         uid, gid = s.uid_gid()
         if uid == 0:
             raise UsageError("the agent never runs as root: set SANDBOX_AGENT_UID to a non-zero uid")
+        from sandbox import spec as spec_
+
         ws = spec_.Workspace(path=worktree, agent_git=agent_git, objects=repo.common_dir / "objects",
                              state_dir=state_dir)
         secrets, use_mock = self._secrets(agent)

@@ -65,26 +65,27 @@ def _plain(params: list[Any]) -> None:
             param._runtime_param = _PlainValue(parameter_info=desc.parameter_info, annotation=desc.annotation)
 
 
-class _Command(TyperCommand):
+class _PlainParams:
+    """Mixed into typer's command and group classes: their parameters (and --help) get ``_PlainValue``."""
+
+    params: list[Any]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _plain(self.params)
 
     def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
+        option = super().get_help_option(ctx)  # type: ignore[misc]
         _plain([option])
         return option
 
 
-class _Group(TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _plain(self.params)
+class _Command(_PlainParams, TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        _plain([option])
-        return option
+
+class _Group(_PlainParams, TyperGroup):
+    pass
 
 
 class _Typer(typer.Typer):

@@ -278,3 +278,20 @@ def test_agent_text_never_reaches_the_terminal_raw(env: Env, repo: Path) -> None
     logs = _on_a_terminal(env, "logs", name, cwd=repo)
     assert b"\x1b]0;PANE-PWNED" not in logs
     env.ok("rm", "--force", name)
+
+
+def test_sandbox_never_takes_a_repository_the_agent_made_in_its_workspace(env: Env, repo: Path, markers: Path) -> None:
+    """A `sub/.git` the agent made is its repository, not the user's: run from there, sandbox refuses."""
+    name = env.ok("spawn", "--name", f"nest-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
+    ws = Path(env.ok("ls", "--json", cwd=repo).json()[0]["workspace"])
+    sh(env, name, f"mkdir -p sub && cd sub && git init -q && git config core.fsmonitor 'touch {markers}/ran-nested'"
+                  " && git config core.hooksPath /nonexistent && git commit -q --allow-empty -m nested")
+    for args in (["spawn", "--agent-cmd", "bash"], ["gc"], ["diff", name]):
+        res = env.run(*args, cwd=ws / "sub", timeout=BOUND)
+        if args[0] == "diff":  # an agent's name works from anywhere: its work comes from its container
+            assert res.code == 0, res.err
+            continue
+        assert res.code == 3 and "inside the agent workspace" in res.err, (args, res.err)
+    assert sorted(p.name for p in markers.iterdir()) == []
+    assert len(env.ok("ls", "--json", "--all", cwd=repo).json()) == 1  # nothing was spawned there
+    env.ok("rm", "--force", name)

@@ -9,6 +9,7 @@ arrives through ``fetch_from``: a pack produced inside the agent's container, ve
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,33 @@ class Repo:
         return f"{self.top.name}-{digest}"
 
 
+def _in_a_workspace(path: Path) -> Path | None:
+    """The agent workspace ``path`` is in, if any: a directory whose ``.git`` is the file sandbox wrote
+    (``contract.GITFILE``). Inside one, git must not look for a repository: a ``sub/.git`` there is the
+    agent's. Only ``lstat`` and a small read of a regular file, never following a link."""
+    from sandbox import agentfiles, contract
+
+    for d in (path, *path.parents):
+        try:
+            st = os.lstat(d / ".git")
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_size == len(contract.GITFILE):
+            found = agentfiles.read(str(d), ".git", len(contract.GITFILE), "git file")
+            if found.data == contract.GITFILE.encode():
+                return d
+    return None
+
+
 def find_repo(path: Path) -> Repo:
     """The repository containing ``path`` (from the main checkout or any of its worktrees)."""
     path = path.resolve()
     if not path.is_dir():
         raise RepoError(f"not a directory: {path}")
+    workspace = _in_a_workspace(path)
+    if workspace is not None:
+        raise RepoError(f"{path} is inside the agent workspace {workspace}, not a repository of yours",
+                        hint="run sandbox in your repository, or pass --repo PATH")
     proc = git(path, "rev-parse", "--path-format=absolute", "--git-common-dir", "--show-toplevel", check=False)
     if proc.returncode != 0:
         raise RepoError(f"not a git repository: {path}", hint="run inside a repository or pass --repo PATH")

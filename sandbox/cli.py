@@ -341,6 +341,41 @@ def exec_(
 
 
 @app.command()
+def doctor(
+    name: str,
+    as_profile: Annotated[Optional[str], typer.Option("--as", help="Judge against this profile instead of the agent's own.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Prove the agent's profile from inside its live container: one line per property; exit 1 if any fails.
+
+    Example: sandbox doctor sonnet-1
+    """
+    from sandbox import contract
+    from sandbox.doctor import judge
+    from sandbox.errors import AgentError
+
+    mgr = _reader()[1]
+    sb = mgr.require_running(name)
+    res = mgr.read_in(sb, [*contract.FACTS, str(sb.worktree)])
+    try:
+        facts = json.loads(res.text)
+    except ValueError:
+        facts = None
+    if res.exit_code != 0 or not isinstance(facts, dict):
+        raise AgentError(f"cannot read {name}'s container facts (exit {res.exit_code})",
+                         hint="is its image older than this sandbox? `sandbox image build`")
+    profile = as_profile or sb.labels.get("sandbox.profile", "default")
+    checks = judge(facts, profile, str(sb.worktree))
+    if as_json:
+        typer.echo(json.dumps([{"check": c.name, "ok": c.ok, "seen": c.seen} for c in checks], indent=2))
+    else:
+        for c in checks:
+            typer.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}  ({for_stream(c.seen)})")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
 def stop(name: str) -> None:
     """Stop the agent's container (worktree and branch stay).
 

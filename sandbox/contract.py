@@ -37,6 +37,7 @@ GITFILE = "gitdir: " + AGENT_GIT + "\n"        # the workspace's .git file (moun
 
 # -- the export ---------------------------------------------------------------------------------------
 EXPORT = ["python3", "-m", "sandbox.inside", "export"]
+FACTS = ["python3", "-m", "sandbox.inside", "facts"]   # + the workdir: one JSON object (sandbox doctor)
 EXPORT_HEAD = "refs/heads/head"
 EXPORT_WIP = "refs/heads/wip"
 

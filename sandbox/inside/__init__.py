@@ -536,6 +536,10 @@ def main(argv: list[str]) -> int:
         from sandbox.inside.export import export
 
         return export(argv[1:])
+    if argv[0] == "facts":  # for `sandbox doctor`
+        from sandbox.inside.facts import facts
+
+        return facts(argv[1:])
     print(f"unknown command {argv[0]!r}", file=sys.stderr)
     return 2
 

@@ -24,7 +24,7 @@ from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
 from sandbox.engine import Engine
 from sandbox.errors import AgentError, Conflict, GitError, ImageMissing, NotFound, RepoError, UsageError
-from sandbox.workspace.git import BRANCH_PREFIX
+from sandbox.workspace.git import BRANCH_PREFIX, WIP_PREFIX
 from sandbox.tmux import Tmux
 
 if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without it
@@ -36,9 +36,7 @@ if TYPE_CHECKING:  # pydantic costs ~40 ms to import: `sandbox ls` does without 
 # ``lightsettings.LightSettings``); spawning needs the full ``Settings`` (``self: SandboxManager[Settings]``).
 SettingsT = TypeVar("SettingsT", bound="ManagerSettings")
 
-CONTAINER_PREFIX = "sandbox-"
 STATE_MOUNT = contract.STATE_MOUNT
-WIP_PREFIX = "refs/sandbox/wip/"  # the host's copy of each agent's workspace snapshot (a commit)
 
 
 @dataclass(frozen=True)

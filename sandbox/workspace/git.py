@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sandbox.errors import GitError, RepoError
 
-BRANCH_PREFIX = "sandbox/"  # every agent's branch on the host: sandbox/NAME
+BRANCH_PREFIX = "sandbox/"         # every agent's branch on the host: sandbox/NAME
+WIP_PREFIX = "refs/sandbox/wip/"   # the host's copy of each agent's workspace snapshot (a commit)
 
 # Defence in depth (the host never runs git with an agent's .git): hooks, fsmonitor, pager off.
 SAFE_CONFIG = [
@@ -145,10 +146,6 @@ def resolve_commit(repo: Repo, rev: str) -> str:
 
 def branch_exists(repo: Repo, branch: str) -> bool:
     return git(repo.top, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}", check=False).returncode == 0
-
-
-def check_branch_name(repo: Repo, branch: str) -> bool:
-    return git(repo.top, "check-ref-format", "--branch", branch, check=False).returncode == 0
 
 
 def workspace_create(repo: Repo, workspace: Path, agent_git: Path, branch: str, base: str) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from sandbox import labels as L
 from sandbox.workspace import git as gitops
 from sandbox.errors import AgentError, Conflict, NotFound, RepoError, SandboxError, UsageError
-from sandbox.workspace.git import BRANCH_PREFIX
+from sandbox.workspace.git import BRANCH_PREFIX, WIP_PREFIX
 
 if TYPE_CHECKING:
     from sandbox.config import Settings
@@ -62,22 +62,14 @@ class Work:
     task: str = ""
     readable: bool = True
     reason: str = ""           # why the agent could not be read (then head/wip are what was read last)
+    dirty: bool = False        # uncommitted (or untracked) changes: wip's tree is not head's
 
     def git(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> str:
         """git in the repository's main checkout (objects and refs only)."""
         return gitops.git(self.repo.top, *args, check=check, env=env).stdout
 
-    @property
-    def dirty(self) -> bool:
-        """Uncommitted (or untracked) changes in the workspace."""
-        if not (self.head and self.wip) or self.head == self.wip:
-            return False
-        return _rev(self.repo, f"{self.wip}^{{tree}}") != _rev(self.repo, f"{self.head}^{{tree}}")
-
 
 def wip_ref(name: str) -> str:
-    from sandbox.manager import WIP_PREFIX
-
     return WIP_PREFIX + name
 
 
@@ -91,10 +83,24 @@ def read(mgr: SandboxManager, src: Source, *, snapshot: bool = True, base: str |
     if not synced.ok and strict:
         raise AgentError(f"cannot read {src.name}'s work: {synced.reason}",
                          hint="is its image still there? see `sandbox ls --all`")
-    head = _rev(src.repo, f"refs/heads/{src.branch}")
-    wip = _rev(src.repo, wip_ref(src.name)) if snapshot else None
-    return Work(name=src.name, repo=src.repo, branch=src.branch, base=base, head=head, wip=wip or head,
-                task=task, readable=synced.ok, reason=synced.reason)
+    head, wip, dirty = _head_and_wip(src.repo, src.branch, wip_ref(src.name) if snapshot else None)
+    return Work(name=src.name, repo=src.repo, branch=src.branch, base=base, head=head, wip=wip,
+                task=task, readable=synced.ok, reason=synced.reason, dirty=dirty)
+
+
+def _head_and_wip(repo: gitops.Repo, branch: str, wip_name: str | None) -> tuple[str | None, str | None, bool]:
+    """The branch tip, the workspace commit (the tip when there is none) and whether their trees
+    differ, from one ``git for-each-ref``."""
+    head_name = f"refs/heads/{branch}"
+    names = [head_name, *([wip_name] if wip_name else [])]
+    out = gitops.git(repo.top, "for-each-ref", "--format=%(refname) %(objectname) %(tree)", *names).stdout
+    found = {ref: (sha, tree) for ref, sha, tree in (line.split(" ") for line in out.splitlines())
+             if ref in names}
+    if head_name not in found:
+        return None, None, False
+    head, head_tree = found[head_name]
+    wip, wip_tree = found.get(wip_name or "", (head, head_tree))
+    return head, wip, wip_tree != head_tree
 
 
 def of(mgr: SandboxManager, sb: Sandbox, *, strict: bool = True, snapshot: bool = True) -> Work:

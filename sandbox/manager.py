@@ -11,6 +11,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -698,7 +699,13 @@ def _why(stderr: str) -> str:
 
 
 def _real_dir(path: Path | None) -> bool:
-    return path is not None and path.is_dir() and not path.is_symlink()
+    """A directory, not a link to one; False for what this user may not even look at (another user's)."""
+    if path is None:
+        return False
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _signature(agent_git: Path | None) -> str:

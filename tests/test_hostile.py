@@ -95,8 +95,9 @@ def test_state_symlink_to_a_root_only_host_file_is_not_followed(env: Env, repo: 
         full = env.run("ls", "--json", "--exec-state", cwd=repo, timeout=BOUND, extra={"SANDBOX_NO_FAST": "1"})
         assert full.code == 0 and marker not in full.out + full.err
         time.sleep(0.2)
-    assert reasons.count("state file is a symbolic link") >= 4, reasons
-    assert "state file is a symbolic link" in env.ok("ls", cwd=repo, timeout=BOUND).out
+    # (the agent's own init rewrites the file now and then: the planted link holds most of the time)
+    assert reasons.count("state file is a symbolic link") >= 2, reasons
+    wait_for(lambda: "state file is a symbolic link" in env.ok("ls", cwd=repo, timeout=BOUND).out, 20, "the reason")
     res = env.run("wait", name, "--until", "idle", "--timeout", "2", timeout=BOUND)
     # (9 while the link holds; 0 when a poll falls between the init's rewrite and the loop's)
     assert res.code in (0, 9) and marker not in res.out + res.err

@@ -447,7 +447,6 @@ def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = Fal
     """Plan the cleanup (nothing changes until each action's ``run`` is called)."""
     every = mgr.list(any_run=True, sync=False)
     mine = mgr.list(sync=False)
-    mgr.refresh_branches(mine, force=True)  # what a branch holds is decided on the agents' latest commits
     if all_repos:
         repo_list = sorted({mgr.repo_of(s) for s in mine if Path(s.labels.get(L.GITDIR, "")).is_dir()},
                            key=lambda r: str(r.top))
@@ -458,6 +457,9 @@ def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = Fal
                     repo_list.append(found)
     else:
         repo_list = [gitops.find_repo(repo_path or Path.cwd())]
+    tops = {str(r.top) for r in repo_list}
+    # what a branch holds is decided on the agents' latest commits (of these repositories only)
+    mgr.refresh_branches([s for s in mine if s.repo in tops], force=True)
     actions: list[Action] = []
     for repo in repo_list:
         actions += _gc_repo(mgr, repo, [s for s in mine if s.repo == str(repo.top)], every)

@@ -444,18 +444,33 @@ class SandboxManager(Generic[SettingsT]):
         if iso.model is not None:
             upstream, credential = iso.model
             wanted.append(("model", proxy.model_proxy(upstream, credential, clients=[subnet]), spec_.MODEL_PROXY_HOST))
-        for role, pc, alias in wanted:
-            cid = self.engine.create_proxy(pc, name=iso.proxy_name(container.name, role), image=image,
-                                           labels={**iso.labels, L.PROXY_ROLE: role}, network=iso.network,
-                                           alias=alias, outside=outside, runtime=container.runtime)
-            undo.callback(self.engine.remove, cid)
+        name_of = {role: iso.proxy_name(container.name, role) for role, _, _ in wanted}
+        for role in name_of:  # (by name: a proxy whose create raised after taking effect goes too)
+            undo.callback(self.engine.remove, name_of[role])
+
+        def make(role: str, pc: proxy.ProxyContainer, alias: str) -> None:
+            cid = self.engine.create_proxy(pc, name=name_of[role], image=image, labels={**iso.labels, L.PROXY_ROLE: role},
+                                           network=iso.network, alias=alias, outside=outside, runtime=container.runtime)
             self.engine.put_archive(cid, proxy.CONF_DIR, pc.archive())
             self.engine.start(cid)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(wanted)) as pool:  # the two proxies side by side
+            for done in [pool.submit(make, *w) for w in wanted]:
+                done.result()
         return network_id
 
     def proxies(self, name: str) -> list[dict[str, Any]]:
         """An isolated agent's proxy containers (none for other profiles), by label."""
         return self.engine.list_containers([f"{L.PROXY_OF}={name}"])
+
+    def orphan_candidates(self) -> list[dict[str, Any]]:
+        """Every isolated agent's proxy containers and networks (of this run id, if one is set)."""
+        filters = [L.PROXY_OF, *([f"{L.RUN_ID}={self.settings.run_id}"] if self.settings.run_id else [])]
+        return [*self.engine.list_containers(filters),
+                *({"Labels": n.get("Labels") or {}, "Created": n.get("Created")}
+                  for n in self.engine.list_networks(filters))]
 
     def drop_isolation(self, name: str) -> None:
         """Remove an agent's proxies (their anonymous volume holds the key: removed with them) and its
@@ -595,6 +610,9 @@ class SandboxManager(Generic[SettingsT]):
         sb = self.get(name)
         if sb.engine_state == "running":
             self.engine.stop(sb.container_id, timeout=timeout)
+        for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
+            if c.get("State") == "running":  # its way out is not needed while it is stopped (start brings it back)
+                self.engine.stop(str(c["Id"]), timeout=2)
         return self.get(name)
 
     def start(self, name: str, wait_ready: bool = True) -> Sandbox:

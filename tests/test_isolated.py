@@ -246,6 +246,12 @@ def test_oom_and_fork_bomb_are_contained_and_reported_and_rm_removes_the_proxies
         assert iso.env.ok("exec", name, "--", "cat", "notes.txt").out == "kept\n"
         proxies = sh("docker", "ps", "-aq", "--filter", f"label=sandbox.proxy-of={name}").split()
         assert len(proxies) == 2  # the model proxy and the egress proxy
+        running = lambda: sh("docker", "ps", "-q", "--filter", f"label=sandbox.proxy-of={name}").split()  # noqa: E731
+        iso.env.ok("stop", name)
+        assert running() == []  # stopped with their agent ...
+        iso.env.ok("start", name)
+        assert len(running()) == 2  # ... and back before it
+        assert iso.env.ok("exec", name, "--", "cat", "notes.txt").out == "kept\n"
     finally:
         iso.env.ok("rm", "--force", name, cwd=iso.repo)
     assert sh("docker", "ps", "-aq", "--filter", f"label=sandbox.proxy-of={name}").split() == []

@@ -208,6 +208,9 @@ NOT_SPAWN = {  # settings that do not shape a spawned container, and why
     "secret_env": "names of variables (checked by test_security)", "secrets": "masked values",
     "mock_model": "decides the launch document's mock_model (checked below)",
     "agent": "overridden here by --agent-cmd (the claude label: test_e2e.py)",
+    "runtime": "unset here: the engine has only runc (a missing one: test_isolated.py)",
+    "allow": "isolated profile only (test_isolated.py)", "model_upstream": "isolated profile only (test_isolated.py)",
+    "egress_network": "isolated profile only (test_isolated.py)",
 }
 
 
@@ -220,7 +223,7 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
     extra = {"SANDBOX_RETRIES": "2", "SANDBOX_RETRY_BACKOFF": "0.25", "SANDBOX_MAX_TIME": "3600",
              "SANDBOX_IDLE_TIMEOUT": "1800", "SANDBOX_MEMORY": "1g", "SANDBOX_CPUS": "1.5",
              "SANDBOX_PIDS_LIMIT": "512", "SANDBOX_MODEL": "opus", "SANDBOX_AGENT_UID": "61001",
-             "SANDBOX_AGENT_GID": "61002", "SANDBOX_MOCK_MODEL": "off"}
+             "SANDBOX_AGENT_GID": "61002", "SANDBOX_MOCK_MODEL": "off", "SANDBOX_NOFILE": "2048"}
     (repo / ".sandbox.toml").write_text('profile = "default"\nagent = "claude"\n')
     shown = env.ok("config", "show", cwd=repo, extra=extra).json()
     name = env.ok("spawn", "--agent-cmd", "bash", "--name", "cfg-1", cwd=repo, extra=extra).out.strip()
@@ -238,6 +241,7 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
             "agent_uid": int(info["Config"]["User"].split(":")[0]), "agent_gid": int(info["Config"]["User"].split(":")[1]),
             "data_dir": str(Path(labels[L.STATE_DIR]).parent.parent),
             "network": next(iter(info["NetworkSettings"]["Networks"])),
+            "nofile": next(u["Hard"] for u in hc["Ulimits"] if u["Name"] == "nofile"),
         }
         assert launch["mock_model"] is False and shown["mock_model"] == "off"
         for key, value in shown.items():

@@ -112,7 +112,7 @@ def _size(n: int) -> str:
 # -- state.json --------------------------------------------------------------------------------------
 # Fields the host computes with, and the type each must have; a value of another type is dropped
 # (an agent's state file must not be able to crash `ls`).
-_INTS = (S.ATTEMPT, S.EXIT_CODE, S.FAILURES, S.STOPS)
+_INTS = (S.ATTEMPT, S.EXIT_CODE, S.FAILURES, S.STOPS, S.PROMPTS)
 _TIMES = (S.TS, S.SINCE, S.ACTIVITY)
 
 

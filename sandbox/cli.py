@@ -185,6 +185,7 @@ def spawn(
     queue: Annotated[bool, typer.Option("--queue", help="With --max-agents: wait for a free slot instead of refusing.")] = False,
     max_time: Annotated[Optional[float], typer.Option("--max-time", help="Stop the agent after S seconds (work kept).")] = None,
     idle_timeout: Annotated[Optional[float], typer.Option("--idle-timeout", help="Stop the agent after S idle seconds (work kept).")] = None,
+    max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Stop the agent (work kept) when its cost estimate passes USD (Claude Code).")] = None,
 ) -> None:
     """Start an agent in its own container on a new worktree and branch.
 
@@ -197,7 +198,8 @@ def spawn(
         except (OSError, ValueError) as e:
             raise UsageError(f"--mock-script {mock_script}: {e}") from e
     mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model, retries=retries,
-                   max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout, runtime=runtime)
+                   max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout, runtime=runtime,
+                   max_cost=max_cost)
     if allow:
         from sandbox.config import settings_from
 
@@ -209,7 +211,7 @@ def spawn(
     sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
                    mock_script=script, wait_ready=not no_wait, on_step=say, queue=queue)
     if as_json:
-        typer.echo(json.dumps(sb.to_json(), indent=2))
+        typer.echo(json.dumps(sb.to_json(mgr.settings.price_table()), indent=2))
         return
     typer.echo(sb.name)
     _err(f"  branch:   {sb.branch}\n  worktree: {sb.worktree}\n  state:    {sb.state}\n"
@@ -232,17 +234,24 @@ def ls(
     all_repos: Annotated[bool, typer.Option("--all", "-a", help="Agents of every repository.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     exec_state: Annotated[bool, typer.Option("--exec-state", help="Remote engine: read unreadable state files with one exec per agent.")] = False,
+    wide: Annotated[bool, typer.Option("--wide", "-w", help="Also CPU, MEM (engine stats, ~2 s), TOKENS and COST.")] = False,
 ) -> None:
     """List agents (of the current repository; --all for every one), from container labels.
 
     Example: sandbox ls --all --json
     """
+    from sandbox.usage import short, size
+
     top, mgr = _reader(repo)
     found = mgr.list(repo=None if all_repos else top, exec_state=exec_state)  # = gitops.scope(repo, all_repos)
+    if wide:
+        found = mgr.with_stats(found)
+    prices = mgr.settings.price_table()
     if as_json:
-        typer.echo(json.dumps([s.to_json() for s in found], indent=2))
+        typer.echo(json.dumps([s.to_json(prices) for s in found], indent=2))
         return
-    rows = [["NAME", "AGENT/MODEL", "STATE", "TRY", "ACTIVE", "BRANCH", "REPO", "AGE", "TASK / REASON"]]
+    extra = ["CPU", "MEM", "TOKENS", "COST"] if wide else []
+    rows = [["NAME", "AGENT/MODEL", "STATE", "TRY", "ACTIVE", *extra, "BRANCH", "REPO", "AGE", "TASK / REASON"]]
     for s in found:
         am = s.labels.get("sandbox.agent", "?") + ("/" + s.labels["sandbox.model"] if s.labels.get("sandbox.model") else "")
         state = s.state + (f"({s.exit_code})" if s.state in ("exited", "failed") and s.exit_code is not None else "")
@@ -250,13 +259,71 @@ def ls(
         note = s.reason if s.state in ("starting", "stopped", "failed", "exited", "waiting") and s.reason else s.labels.get("sandbox.task", "")
         if s.pressure and s.pressure.describe():
             note = f"[{s.pressure.describe()}] {note}"
-        rows.append([s.name, am, state, str(s.attempt or "-"), active, s.branch, Path(s.repo).name, _age(s.created), note])
+        cells = []
+        if wide:
+            st, tok, spent = s.stats, s.tokens, s.cost(prices)
+            cells = [f"{st.cpu_percent:.1f}%" if st and st.cpu_percent is not None else "-",
+                     size(st.memory) if st else "-",
+                     f"{short(tok['input'] + tok['cache_read'] + tok['cache_write'])}/{short(tok['output'])}" if tok else "-",
+                     spent.describe() if spent else "-"]
+        rows.append([s.name, am, state, str(s.attempt or "-"), active, *cells, s.branch, Path(s.repo).name,
+                     _age(s.created), note])
     width = shutil.get_terminal_size((120, 20)).columns
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     for r in rows:
         line = "  ".join(c.ljust(w) for c, w in zip(r[:n], widths)) + "  " + r[n]
         typer.echo(line[:width] if sys.stdout.isatty() else line)
+
+
+@app.command("stats")
+def stats_(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """One agent's resources and cost: CPU and memory now (and memory's peak), tokens in/out per
+    model, the cost estimate, turns and prompts.
+
+    Example: sandbox stats sonnet-1
+    """
+    from sandbox import usage
+
+    mgr = _reader()[1]
+    sb = mgr.with_stats([mgr.with_exec_state(mgr.get(name))])[0]
+    prices = mgr.settings.price_table()
+    data = sb.to_json(prices)
+    keys = ["name", "state", "cpu_percent", "cpu_seconds", "memory_bytes", "memory_peak_bytes", "memory_limit", "pids",
+            "tokens", "tokens_by_model", "cost_usd", "cost_unpriced_models", "max_cost", "turns", "prompts"]
+    if as_json:
+        typer.echo(json.dumps({k: data.get(k) for k in keys}, indent=2))
+        return
+    st = sb.stats
+    lines = [("state", sb.state)]
+    if st is not None:
+        cpu = f"{st.cpu_percent:.1f}% of a core" if st.cpu_percent is not None else "-"
+        lines += [("cpu", f"{cpu} now; {st.cpu_seconds:.1f} s in all since the container started"),
+                  ("memory", f"{usage.size(st.memory)} now" + (f", peak {usage.size(st.memory_peak)}" if st.memory_peak else "")
+                   + (f", limit {usage.size(st.memory_limit)}" if st.memory_limit else "")),
+                  ("processes", str(st.pids))]
+    else:
+        lines.append(("cpu, memory", f"- (the container is {sb.engine_state})"))
+    tok = sb.tokens
+    if tok:
+        lines.append(("tokens", f"{tok['input']} in, {tok['output']} out, {tok['cache_read']} cache read, "
+                                f"{tok['cache_write']} cache write ({tok['calls']} model calls)"))
+        for model, counts in sorted(sb.usage.items()):
+            lines.append(("  " + for_stream(model), f"{counts['input']} in, {counts['output']} out"))
+        spent = sb.cost(prices)
+        assert spent is not None
+        note = f" (no price for {', '.join(map(for_stream, spent.unpriced))}: see `prices` in the README)" if spent.unpriced else ""
+        budget = f" of a budget of ${data['max_cost']:g}" if data.get("max_cost") else ""
+        lines.append(("cost", f"{spent.describe()} estimated{budget}{note}"))
+    else:
+        lines.append(("tokens", "- (the agent reports none: only Claude Code's are counted)"))
+    lines += [("turns", str(data["turns"])), ("prompts", str(data["prompts"]))]
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        typer.echo(f"{k.ljust(width)}  {v}")
 
 
 @app.command()

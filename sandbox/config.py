@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     queue_timeout: float = 3600.0                  # how long `spawn --queue` waits for a free slot
     max_time: float | None = None                  # per-agent wall-clock limit (s)
     idle_timeout: float | None = None              # per-agent idle limit (s)
+    # Cost (README "Resources and cost"): USD per million tokens per model pattern, over sandbox.usage.PRICES
+    prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+    max_cost: float | None = Field(default=None, gt=0)  # per-agent budget (USD): stopped, work kept
+    notify: str | None = None                      # a command run when an agent starts waiting (README "Notifications")
 
     @classmethod
     def settings_customise_sources(
@@ -118,6 +122,13 @@ class Settings(BaseSettings):
         proxy.parse_allow(entries)  # ProxyConfigError is a ValueError: one line through UsageError
         return [str(e).strip() for e in entries]
 
+    @field_validator("prices", mode="before")
+    @classmethod
+    def _check_prices(cls, value: Any) -> dict[str, dict[str, float]]:
+        from sandbox import usage
+
+        return usage.check_prices(value if value is not None else {})
+
     @field_validator("model_upstream")
     @classmethod
     def _check_upstream(cls, value: str | None) -> str | None:
@@ -133,6 +144,12 @@ class Settings(BaseSettings):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
             raise ValueError(f"runtime must be an OCI runtime name like runsc, not {value!r}")
         return value or None
+
+    def price_table(self) -> list[dict[str, dict[str, float]]]:
+        """``sandbox.usage.PRICES`` with the ``prices`` setting over it."""
+        from sandbox import usage
+
+        return usage.merge_prices(self.prices)
 
     def memory_limit(self) -> int:
         """The memory limit in bytes; 0 = unlimited."""

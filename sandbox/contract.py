@@ -77,6 +77,8 @@ class Launch:
     stable_after: float = 60.0     # an attempt that ran this long resets the failure count
     max_time: float = 0.0          # 0 = no limit
     idle_timeout: float = 0.0      # 0 = no limit
+    max_cost: float = 0.0          # USD; 0 = no budget (stopped, work kept, when the estimate passes it)
+    prices: list[Any] | None = None  # the price table (layers) the budget is judged with (sandbox.usage)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -105,6 +107,8 @@ class S:
     PROMPTS = "prompts"      # prompts submitted (UserPromptSubmit hook)
     EVENT = "event"          # the last hook event
     HISTORY = "history"      # [{attempt, exit_code, started, ended}], the last 20
+    USAGE = "usage"          # {model: {input, output, cache_write, cache_read, calls}} (Claude Code's transcript)
+    OVER_BUDGET = "over_budget"  # set by a hook when the cost estimate passed max_cost: the init stops the agent
 
 
 STARTING, READY, IDLE, BUSY, WAITING = "starting", "ready", "idle", "busy", "waiting"

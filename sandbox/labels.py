@@ -33,6 +33,7 @@ RUN_ID = PREFIX + "run-id"        # optional: stamps everything a test run creat
 RETRIES = PREFIX + "retries"      # restarts allowed after a non-zero exit (supervision)
 MAX_TIME = PREFIX + "max-time"    # wall-clock limit in seconds ("" = none)
 IDLE_TIMEOUT = PREFIX + "idle-timeout"  # idle limit in seconds ("" = none)
+MAX_COST = PREFIX + "max-cost"    # budget in USD ("" = none): stopped, work kept, when the estimate passes it
 ALLOW = PREFIX + "allow"          # isolated profile: the egress allowlist, comma-separated
 # On an isolated agent's proxies and internal network (never sandbox.managed: they are not agents)
 PROXY_OF = PREFIX + "proxy-of"    # the agent's name

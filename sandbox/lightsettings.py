@@ -76,7 +76,12 @@ class ManagerSettings(Protocol):
     def ready_timeout(self) -> float: ...
     @property
     def sync_timeout(self) -> float: ...
+    @property
+    def prices(self) -> dict[str, dict[str, float]]: ...
+    @property
+    def notify(self) -> str | None: ...
     def uid_gid(self) -> tuple[int, int]: ...
+    def price_table(self) -> list[dict[str, dict[str, float]]]: ...
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,16 @@ class LightSettings:
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT
     agent_uid: int | None = None
     agent_gid: int | None = None
+    prices: dict[str, dict[str, float]] = field(default_factory=dict)
+    notify: str | None = None
 
     def uid_gid(self) -> tuple[int, int]:
         return agent_ids(self.agent_uid, self.agent_gid)
+
+    def price_table(self) -> list[dict[str, dict[str, float]]]:
+        from sandbox import usage
+
+        return usage.merge_prices(self.prices)
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,10 @@ class Refusal:
 
 # How each value is converted: "str" any string; "path" a non-empty string; "float" a finite
 # number (in the environment: digits with an optional decimal part); "positive_float" the same,
-# above 0; "uid" a non-negative integer (environment: digits). Anything else is a Refusal.
-Kind = Literal["str", "path", "float", "positive_float", "uid"]
+# above 0; "uid" a non-negative integer (environment: digits); "prices" a table of price tables
+# (``sandbox.usage.check_prices``; from the environment: always a Refusal, JSON is pydantic's).
+# Anything else is a Refusal.
+Kind = Literal["str", "path", "float", "positive_float", "uid", "prices"]
 FIELDS: dict[str, Kind] = {
     "run_id": "str",
     "data_dir": "path",
@@ -116,13 +130,24 @@ FIELDS: dict[str, Kind] = {
     "sync_timeout": "positive_float",
     "agent_uid": "uid",
     "agent_gid": "uid",
+    "prices": "prices",
+    "notify": "str",
 }
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _DIGITS = re.compile(r"[0-9]+")
 
 
-def convert(kind: Kind, value: object, from_env: bool) -> str | Path | float | int | None:
+def convert(kind: Kind, value: object, from_env: bool) -> Any:
     """The value as ``Settings`` would have it, or None when the light reader cannot tell."""
+    if kind == "prices":
+        if from_env:
+            return None
+        from sandbox import usage
+
+        try:
+            return usage.check_prices(value)
+        except ValueError:
+            return None
     if from_env:  # the environment holds strings only
         if not isinstance(value, str):
             return None

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, cgroups, contract, labels as L
+from sandbox import agentfiles, cgroups, contract, labels as L, usage as U
 from sandbox.cgroups import Pressure
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
@@ -54,6 +54,7 @@ class Sandbox:
     agent_state: dict[str, Any] = field(default_factory=dict)
     image_id: str = ""
     pressure: Pressure | None = None   # the kernel's OOM kills / refused forks (running, local engine)
+    stats: U.Stats | None = None       # CPU and memory now (``SandboxManager.with_stats``; None: not asked)
 
     @property
     def session(self) -> str:
@@ -121,10 +122,29 @@ class Sandbox:
         raw = self.labels.get(L.CREATED)
         return datetime.fromisoformat(raw) if raw else None
 
+    @property
+    def usage(self) -> dict[str, dict[str, int]]:
+        """Model tokens per model (Claude Code's transcript, totalled by its hooks into the state file;
+        checked: the state file is the agent's). Empty for agents without hooks."""
+        return U.clean(self.agent_state.get(S.USAGE))
+
+    @property
+    def tokens(self) -> dict[str, int] | None:
+        """Every model's tokens added up; None when the agent reports none (not Claude Code)."""
+        used = self.usage
+        return U.totals(used) if used else None
+
+    def cost(self, prices: U.Table | None = None) -> U.Cost | None:
+        """The cost estimate from the price table ``prices`` (default: ``sandbox.usage.PRICES``); None
+        without tokens."""
+        used = self.usage
+        return U.cost(used, prices or [U.PRICES]) if used else None
+
     def attach_command(self) -> list[str]:
         return ["docker", "exec", "-it", self.container_name, "tmux", "attach", "-t", self.session]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, prices: U.Table | None = None) -> dict[str, Any]:
+        spent = self.cost(prices)
         return {
             "name": self.name,
             "container": self.container_name,
@@ -151,6 +171,15 @@ class Sandbox:
             "oom_kills": self.pressure.oom_kills if self.pressure else None,
             "pids_limit_hits": self.pressure.pids_refused if self.pressure else None,
             "profile": self.labels.get(L.PROFILE, "default"),
+            "tokens": self.tokens,
+            "tokens_by_model": self.usage or None,
+            "cost_usd": spent.usd if spent else None,
+            "cost_unpriced_models": list(spent.unpriced) if spent else None,
+            "max_cost": float(self.labels[L.MAX_COST]) if self.labels.get(L.MAX_COST) else None,
+            "prompts": self.agent_state.get(S.PROMPTS) or 0,
+            "turns": self.agent_state.get(S.STOPS) or 0,
+            **(self.stats.as_dict() if self.stats else
+               {"cpu_percent": None, "memory_bytes": None, "memory_limit": None}),
             "agent_state": self.agent_state,
             "labels": self.labels,
         }
@@ -244,6 +273,15 @@ class SandboxManager(Generic[SettingsT]):
         if res.exit_code == 0 and len(res.stdout) <= agentfiles.STATE_CAP:
             state, _ = agentfiles.parse_state(res.stdout)
         return replace(sb, agent_state=state or {})
+
+    def with_stats(self, found: list[Sandbox], *, workers: int = 8) -> list[Sandbox]:
+        """The snapshots with their containers' CPU and memory (running ones): one stats request per
+        agent, side by side and bounded (``Engine.stats_many``: at most ``workers`` at once, each
+        ~2 s: the engine's two samples for the CPU figure)."""
+        running = [sb.container_id for sb in found if sb.engine_state == "running"]
+        answers = self.engine.stats_many(running, workers=workers, one_shot=False)
+        return [replace(sb, stats=U.from_answer(answers.get(sb.container_id))) if sb.container_id in answers else sb
+                for sb in found]
 
     def get(self, name: str) -> Sandbox:
         found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))
@@ -365,7 +403,8 @@ class SandboxManager(Generic[SettingsT]):
             memory=s.memory_limit(), nano_cpus=int(s.cpus * 1e9) if s.cpus else 0, pids_limit=s.pids_limit,
             network=s.network, run_id=s.run_id, use_mock=use_mock, mock_script=mock_script,
             git_identity=self._git_identity(repo), secrets=secrets, nofile=s.nofile, runtime=s.runtime,
-            allow=tuple(s.allow), model_upstream=s.model_upstream, egress_network=s.egress_network)
+            allow=tuple(s.allow), model_upstream=s.model_upstream, egress_network=s.egress_network,
+            max_cost=s.max_cost, prices=s.price_table() if s.max_cost else None)
         container = spec_.build(req, ws)
         if s.runtime and s.runtime not in (known := self.engine.runtimes()):
             raise UsageError(f"the engine has no runtime {s.runtime!r} (it has: {', '.join(known) or 'none'})",

@@ -214,6 +214,8 @@ class Request:
     allow: tuple[str, ...] = ()              # isolated: the egress allowlist (hosts, presets)
     model_upstream: str | None = None        # isolated: where the model proxy forwards
     egress_network: str | None = None        # isolated: the proxies' way out (default: ``network``)
+    max_cost: float | None = None            # USD budget (the container's hooks judge it)
+    prices: list[dict[str, dict[str, float]]] | None = None  # the price table for the budget (sandbox.usage)
 
 
 def labels_for(req: Request, ws: Workspace) -> dict[str, str]:
@@ -240,6 +242,7 @@ def labels_for(req: Request, ws: Workspace) -> dict[str, str]:
         L.RETRIES: str(req.retries),
         L.MAX_TIME: f"{req.max_time:g}" if req.max_time else "",
         L.IDLE_TIMEOUT: f"{req.idle_timeout:g}" if req.idle_timeout else "",
+        L.MAX_COST: f"{req.max_cost:g}" if req.max_cost else "",
     }
     if req.run_id:
         labels[L.RUN_ID] = req.run_id
@@ -267,6 +270,8 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         backoff=req.retry_backoff,
         max_time=req.max_time or 0.0,
         idle_timeout=req.idle_timeout or 0.0,
+        max_cost=req.max_cost or 0.0,
+        prices=[dict(layer) for layer in req.prices] if req.max_cost and req.prices else None,
     )
     spec = ContainerSpec(
         name=CONTAINER_PREFIX + req.name,

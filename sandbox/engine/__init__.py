@@ -286,6 +286,88 @@ class Engine:
             return bytes(self._client().logs(ref, stderr=stderr, tail="all" if tail is None else tail)
                          ).decode("utf-8", "replace")
 
+    def stats(self, ref: str, timeout: float = 10.0, *, one_shot: bool = True) -> dict[str, Any]:
+        """One sample of a container's resource use, not a stream. ``one_shot``: the engine's next sample
+        (its collector samples every second) without the one before it (``precpu_stats`` empty: CPU %
+        needs two of these); else it waits for two samples (~2 s) and gives both (``docker stats
+        --no-stream``)."""
+        what = f"stats of {ref}"
+        if self._sock is not None:
+            path = f"/containers/{_q(ref)}/stats?stream=0" + ("&one-shot=1" if one_shot else "")
+            return dict(_json(self._http("GET", path, what, timeout=timeout)[1], what))
+        with _docker_py(what):
+            return dict(self._client().stats(ref, stream=False, one_shot=True if one_shot else None))
+
+    def stats_many(self, refs: list[str], *, workers: int = 8, timeout: float = 10.0,
+                   one_shot: bool = True) -> dict[str, dict[str, Any] | None]:
+        """``stats`` of each container, side by side (at most ``workers`` requests at once, each bounded
+        by ``timeout``); None for a container whose sample failed (gone, or the engine slow)."""
+        if not refs:
+            return {}
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(ref: str) -> dict[str, Any] | None:
+            try:
+                return self.stats(ref, timeout, one_shot=one_shot)
+            except SandboxError:
+                return None
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(refs)))) as pool:
+            return dict(zip(refs, pool.map(one, refs)))
+
+    def events(self, labels: list[str], stop: Callable[[], bool], *, since: float | None = None) -> Iterator[dict[str, Any]]:
+        """The engine's container events (start, die, stop, destroy, health_status…) for containers
+        matching the ``labels`` filters, as they happen, until ``stop()`` is true (checked every second)
+        or the engine closes the stream. One long request; re-list after it ends (events replay
+        only recent history)."""
+        filters = json.dumps({"type": ["container"], "label": labels})
+        query = urllib.parse.urlencode({"filters": filters, **({"since": f"{since:.3f}"} if since else {})})
+        if self._sock is None:
+            with _docker_py("container events"):
+                stream = self._client().events(decode=True, filters={"type": ["container"], "label": labels},
+                                               since=int(since) if since else None)
+            try:
+                for event in stream:
+                    if stop():
+                        return
+                    yield dict(event)
+            finally:
+                stream.close()
+            return
+        try:
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.settimeout(1.0)
+            conn.connect(self._sock)
+            conn.sendall(f"GET /events?{query} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        except OSError as e:
+            raise engine_error("container events", None, f"{type(e).__name__}: {e}") from e
+        buf, head_done = b"", False
+        with conn:
+            while not stop():
+                try:
+                    chunk = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    return
+                if not chunk:
+                    return
+                buf += chunk
+                if not head_done:
+                    if b"\r\n\r\n" not in buf:
+                        continue
+                    head, _, buf = buf.partition(b"\r\n\r\n")
+                    if b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
+                        raise engine_error("container events", None, head.split(b"\r\n", 1)[0].decode("latin-1"))
+                    head_done = True
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        try:
+                            yield dict(json.loads(line))
+                        except (ValueError, TypeError):
+                            continue
+
     @staticmethod
     def cli_exec(ref: str, argv: list[str], *, stdin: bool = True) -> list[str]:
         """The docker CLI's argv for an exec whose standard streams are a pipe (e.g. a git transport)."""

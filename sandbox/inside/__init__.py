@@ -42,6 +42,9 @@ SECRETS = C.SECRETS_FILE
 STATE_DIR = os.environ.get("SANDBOX_STATE_DIR", C.STATE_MOUNT)
 STATE = os.path.join(STATE_DIR, C.STATE_FILE)
 TMUX_CONF = "/tmp/sandbox-tmux.conf"
+INIT_PID = "/tmp/sandbox-init.pid"          # the supervisor's pid: a hook wakes it (SIGUSR1)
+TALLY = "/tmp/sandbox-usage.json"           # the token tally of the transcript so far (sandbox.usage.Tally)
+TRANSCRIPT_CAP = 64 * 1024 * 1024           # read at most this much of the transcript per hook run
 MOCK_KEY = "sk-ant-sandbox-mock-model-offline-0000"
 
 
@@ -320,7 +323,7 @@ class Supervisor:
         self.attempt_t0 = time.time()
         write_state("starting", attempt=self.attempt, failures=self.failures, exit_code=None,
                     reason=None if self.attempt == 1 else f"restarted (attempt {self.attempt})",
-                    prompts=0, activity=self.attempt_t0, started=self.attempt_t0)
+                    prompts=0, activity=self.attempt_t0, started=self.attempt_t0, over_budget=None)
         target = C.tmux_target(self.session)
         argv = agent_command(self.attempt, self.argv)
         if tmux("has-session", "-t", f"={self.session}", check=False).exit_code == 0:
@@ -353,7 +356,8 @@ class Supervisor:
 
     def stop_agent(self, pid: int, reason: str) -> None:
         write_state("stopped", reason=reason)
-        _kill_agent(pid)
+        if pid:
+            _kill_agent(pid)
 
     def run(self) -> int:
         if self.circuit_open:
@@ -378,6 +382,10 @@ class Supervisor:
                     self.start_agent()
                 continue
             pane = _pane(self.session)
+            over = read_state().get(C.S.OVER_BUDGET) if self.launch.max_cost else None
+            if over:  # a hook saw the cost estimate pass --max-cost: stop, keep the work
+                self.stop_agent(pane["pid"] if pane and not pane["dead"] else 0, str(over))
+                return self.idle_forever()
             if pane is None or pane["dead"]:
                 restart_at = self.on_exit(_exit_code(self.attempt, pane))
                 if restart_at is None:
@@ -435,6 +443,10 @@ def init() -> int:
     signal.signal(signal.SIGINT, on_term)
 
     sup = Supervisor(launch)
+    try:
+        _replace(INIT_PID, str(os.getpid()))
+    except OSError:
+        pass
     argv = sup.argv
     if launch.mock_model:
         _start_mock(launch, env)
@@ -484,6 +496,57 @@ def _last_answer(payload: dict[str, Any]) -> str:
         time.sleep(0.1)
 
 
+def _usage(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """The token totals per model of Claude Code's transcript (``transcript_path``), read on from where
+    the last hook run stopped (``TALLY``, under a lock: hooks may run side by side)."""
+    path = payload.get("transcript_path")
+    if not isinstance(path, str) or not path:
+        return None
+    from sandbox import usage as U  # (not in the resident init)
+
+    try:
+        fd = os.open(TALLY + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError:
+        fd = -1
+    try:
+        try:
+            tally = U.Tally(json.loads(_read(TALLY)))
+        except (OSError, ValueError):
+            tally = U.Tally()
+        try:
+            with open(path, "rb") as f:
+                f.seek(tally.offsets.get(path, 0))
+                data = f.read(TRANSCRIPT_CAP)
+        except OSError:
+            return None
+        tally.feed(path, data)
+        _replace(TALLY, tally.to_json())
+        return tally.usage()
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _usage_safely(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """``_usage``, never failing the hook (the state must move on whatever the transcript holds)."""
+    try:
+        return _usage(payload)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _wake_init() -> None:
+    try:
+        os.kill(int(_read(INIT_PID).strip()), signal.SIGUSR1)
+    except (OSError, ValueError):
+        pass
+
+
+# The events after which the transcript may hold a new model answer: the tokens are totalled then.
+USAGE_EVENTS = ("PreToolUse", "PostToolUse", "Stop", "SubagentStop", "Notification")
+
+
 def hook(event: str) -> int:
     try:
         raw = sys.stdin.read()
@@ -518,9 +581,33 @@ def hook(event: str) -> int:
         if answer.rstrip().endswith("?"):
             state = "waiting"  # the turn ended with a question for the user
             fields["reason"] = "question"
+    over = None
+    if event in USAGE_EVENTS:
+        used = _usage_safely(payload)
+        if event == "Stop" and used is not None:
+            # The turn's last answer may reach the transcript just after this hook starts (as for
+            # _last_answer): read again briefly until its calls are there.
+            deadline = time.monotonic() + 1.0
+            while used == (current.get(C.S.USAGE) or {}) and time.monotonic() < deadline:
+                time.sleep(0.1)
+                used = _usage_safely(payload) or used
+        if used is not None:
+            fields[C.S.USAGE] = used
+            launch = C.Launch.from_json(_read(LAUNCH))
+            if launch.max_cost:
+                from sandbox import usage as U
+
+                over = U.Budget(float(launch.max_cost), list(launch.prices or [])).exceeded(used)
+    if over:
+        fields[C.S.OVER_BUDGET] = over
     if state != "waiting":
         fields["reason"] = None
     write_state(state, **fields)
+    if over:
+        _wake_init()  # the supervisor stops the agent
+        if event == "PreToolUse":
+            print(f"sandbox: {over}: the agent is being stopped", file=sys.stderr)
+            return 2  # Claude Code does not run this tool
     return 0
 
 

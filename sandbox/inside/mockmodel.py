@@ -297,6 +297,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         record["answer"] = (f"tool_use:{block['name']}" if block["type"] == "tool_use"
                             else f"text:{block['text'][:80]}")
         message = _message(body, plan)
+        record["usage"] = message["usage"]  # what it reported (the tests compare sandbox's token counts)
         if not body.get("stream"):
             return json.dumps(message).encode(), "application/json"
         events = sse_events(message)

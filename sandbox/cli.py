@@ -365,17 +365,38 @@ def send(
 
 @app.command("wait")
 def wait_(
-    name: str,
+    name: Annotated[Optional[str], typer.Argument(help="The agent (or --any).")] = None,
     until: Annotated[str, typer.Option("--until", help="idle, waiting, exited (or failed/stopped), any (not working).")] = "idle",
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up after S seconds (exit 9).")] = None,
+    any_: Annotated[bool, typer.Option("--any", help="The first agent of this repository (--all: of any) to reach the state; prints NAME STATE.")] = False,
+    all_repos: Annotated[bool, typer.Option("--all", "-a", help="With --any: agents of every repository.")] = False,
+    repo: RepoOpt = None,
+    notify: Annotated[bool, typer.Option("--notify", help="Also run the `notify` command of the settings for the agent found.")] = False,
 ) -> None:
     """Wait for an agent's state: exit 0 when reached, 9 on timeout, 8 if it ended instead.
 
-    Example: sandbox wait sonnet-1 --until idle --timeout 600
+    Example: sandbox wait --any --until waiting && echo "an agent needs you"
     """
     from sandbox import waiting
 
-    typer.echo(waiting.wait(_reader()[1], name, until=until, timeout=timeout).state)
+    if (name is None) == (not any_):
+        raise UsageError("name an agent, or pass --any")
+    top, mgr = _reader(repo)
+    if any_:
+        sb = waiting.wait_any(mgr, None if all_repos else top, until=until, timeout=timeout)
+        typer.echo(f"{sb.name} {sb.state}")
+    else:
+        sb = waiting.wait(mgr, name, until=until, timeout=timeout)  # type: ignore[arg-type]
+        typer.echo(sb.state)
+    command = mgr.settings.notify
+    if notify and command:
+        from sandbox import notify as notify_
+
+        problem = notify_.run(command, sb)
+        if problem:
+            _err(f"sandbox: {problem}")
+    elif notify:
+        _err("note: no `notify` command in the settings (README \"Mission control\")")
 
 
 @app.command()

@@ -265,6 +265,12 @@ class SandboxManager(Generic[SettingsT]):
             found = [self.with_exec_state(sb) for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
 
+    def refreshed(self, sb: Sandbox) -> Sandbox:
+        """``sb`` with its state file read again (local, no engine call; the container's state as it
+        was). A file this host cannot read (remote engine) leaves the state as it was."""
+        state = _read_state(sb.labels.get(L.STATE_DIR))
+        return replace(sb, agent_state=state) if state else sb
+
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
         if sb.agent_state or sb.engine_state != "running":
             return sb

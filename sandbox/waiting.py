@@ -7,6 +7,7 @@ cannot read it (a remote engine) one exec per poll reads it instead. Polls are b
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from sandbox import agentfiles, labels as L
 from sandbox.errors import AgentError, WaitTimeout
@@ -45,6 +46,40 @@ def wait(mgr: SandboxManager, name: str, until: str = "idle", timeout: float | N
             raise AgentError(f"agent {name} is {sb.state}" + (f": {sb.reason}" if sb.reason else ""))
         if deadline is not None and time.monotonic() > deadline:
             raise WaitTimeout(f"agent {name} still {sb.state} after {timeout:g}s (waiting for {until})")
+        time.sleep(poll)
+
+
+def wait_any(mgr: SandboxManager, repo: Path | None, until: str = "waiting", timeout: float | None = None,
+             poll: float = 0.25, relist: float = 2.0, exec_state: bool = False) -> Sandbox:
+    """Return the first agent (of ``repo``; None: every repository) whose state is in ``UNTIL[until]``
+    — one already there counts at once. The state files are polled locally every ``poll`` s; the
+    engine is listed every ``relist`` s (new agents, containers that ended). ``exec_state``: a remote
+    engine's agents are read by an exec per agent, at each re-list only.
+
+    Raises WaitTimeout (exit 9) when ``timeout`` passes, AgentError (exit 8) when there are agents and
+    every one has ended while something else was awaited.
+    """
+    if until not in UNTIL:
+        from sandbox.errors import UsageError
+
+        raise UsageError(f"--until must be one of {', '.join(UNTIL)}")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    found: list[Sandbox] = []
+    listed_at = -relist
+    while True:
+        now = time.monotonic()
+        if now - listed_at >= relist:
+            found = mgr.list(repo, sync=False, exec_state=exec_state)
+            listed_at = now
+        else:
+            found = [mgr.refreshed(sb) for sb in found]
+        for sb in found:
+            if sb.state in UNTIL[until]:
+                return sb
+        if found and all(sb.state in TERMINAL for sb in found):
+            raise AgentError(f"every agent has ended ({', '.join(f'{sb.name} {sb.state}' for sb in found)})")
+        if deadline is not None and time.monotonic() > deadline:
+            raise WaitTimeout(f"no agent {until} after {timeout:g}s ({len(found)} agents)")
         time.sleep(poll)
 
 

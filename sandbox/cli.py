@@ -276,6 +276,27 @@ def ls(
         typer.echo(line[:width] if sys.stdout.isatty() else line)
 
 
+@app.command()
+def top(
+    repo: RepoOpt = None,
+    all_repos: Annotated[bool, typer.Option("--all", "-a", help="Agents of every repository.")] = False,
+    bell: Annotated[bool, typer.Option("--bell", help="Ring the terminal bell when an agent starts waiting.")] = False,
+) -> None:
+    """Every agent at once: a live table (waiting ones first) and the selected agent's pane; keys: enter
+    attach, s send, d diff, m merge, x stop, r rm (asks), / filter, q quit.
+
+    Example: sandbox top --all --bell
+    """
+    from sandbox import top as top_
+    from sandbox.workspace import git as gitops
+
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
+        raise UsageError("sandbox top needs a terminal", hint="for scripts: sandbox ls --wide --json")
+    mgr = _manager(repo)
+    scope = None if all_repos else gitops.scope(repo, False)
+    top_.run(mgr, scope, bell=bell)
+
+
 @app.command("stats")
 def stats_(
     name: str,

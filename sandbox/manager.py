@@ -265,6 +265,10 @@ class SandboxManager(Generic[SettingsT]):
             found = [self.with_exec_state(sb) for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
 
+    def event_filters(self) -> list[str]:
+        """The label filters of this manager's agents (managed, this run id): for ``Engine.events``."""
+        return self._filters()
+
     def refreshed(self, sb: Sandbox) -> Sandbox:
         """``sb`` with its state file read again (local, no engine call; the container's state as it
         was). A file this host cannot read (remote engine) leaves the state as it was."""

@@ -22,7 +22,7 @@ from sandbox.errors import UsageError
 from sandbox.lightsettings import LightSettings, ManagerSettings, Refusal
 from tests.conftest import Env, make_env, wait_for
 
-HEAVY = {"pydantic", "pydantic_core", "pydantic_settings", "docker", "requests", "sandbox.config"}
+HEAVY = {"pydantic", "pydantic_core", "pydantic_settings", "docker", "requests", "sandbox.config", "textual", "libtmux"}
 
 
 def imported(res: Any) -> set[str]:

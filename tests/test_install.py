@@ -46,17 +46,21 @@ def test_pyproject_ranges_are_bounded_and_hold_the_pins() -> None:
 
 def test_constraints_pin_exactly_the_installed_tree() -> None:
     """Every distribution the project's requirements pull in (transitively, markers evaluated for this
-    machine) is pinned, and nothing else but pip."""
+    machine, extras followed: textual needs ``markdown-it-py[linkify]``) is pinned, and nothing else but pip."""
     env = default_environment()
     seen: set[str] = set()
-    todo = _project_requirements()
+    visited: set[tuple[str, frozenset[str]]] = set()
+    todo = [(r, "") for r in _project_requirements()]
     while todo:
-        req = todo.pop()
+        req, extra = todo.pop()  # ``extra``: the one the requiring distribution asked for (markers say ``extra == …``)
         name = canonicalize_name(req.name)
-        if name in seen or (req.marker is not None and not req.marker.evaluate({**env, "extra": ""})):
+        if req.marker is not None and not req.marker.evaluate({**env, "extra": extra}):
             continue
         seen.add(name)
-        todo += [Requirement(r) for r in md.requires(req.name) or []]
+        if (name, frozenset(req.extras)) in visited:
+            continue
+        visited.add((name, frozenset(req.extras)))
+        todo += [(Requirement(r), x) for r in md.requires(req.name) or [] for x in ("", *req.extras)]
     assert set(_pins()) == seen | {"pip"}
 
 

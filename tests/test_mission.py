@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import Env, wait_for
 
+WRITE_DOCS = bool(os.environ.get("SANDBOX_WRITE_DOCS"))  # write docs/top.svg (the README shows it)
 PROMPT = "read -p 'Continue? (y/n) ' answer"  # the hook-less fallback calls this pane `waiting`
 
 
@@ -45,3 +46,122 @@ def test_wait_any_returns_the_first_agent_that_needs_you_and_runs_notify(env: En
     (repo / ".sandbox.toml").write_text('notify = "unclosed \'quote"\n')
     bad = env.run("wait", "w-2", "--until", "waiting", "--notify", "--timeout", "5", cwd=repo)
     assert bad.code == 2 and bad.err.startswith("sandbox: error: invalid setting notify="), bad.err
+
+
+# -- sandbox top, driven by textual's headless pilot ---------------------------------------------------
+async def _until(pilot, check, timeout: float = 45, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await pilot.pause(0.2)
+
+
+def _in_process(env: Env, repo: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A manager in this process with the test user's environment (what the CLI would build)."""
+    for key in [k for k in os.environ if k.startswith("SANDBOX_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(repo)
+    from sandbox.config import load_settings
+    from sandbox.manager import SandboxManager
+
+    return SandboxManager(load_settings(repo))
+
+
+@pytest.mark.slow
+@pytest.mark.claude
+def test_top_shows_every_agent_follows_states_and_acts_through_keys(env: Env, repo: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from textual.widgets import DataTable, Input, Static
+
+    from sandbox.board import Board
+    from sandbox.top import Confirm, TopApp
+
+    env.ok("spawn", "--name", "cc-1", "write the task file", cwd=repo)
+    env.ok("spawn", "--agent-cmd", "bash", "--name", "sh-1", "echo '[b]not bold[/b]' $((6*7))", cwd=repo)
+    env.ok("wait", "cc-1", "--until", "idle", "--timeout", "120", cwd=repo)
+    mgr = _in_process(env, repo, monkeypatch)
+    attached: list[int] = []
+
+    def attach(app, sb) -> None:  # type: ignore[no-untyped-def]
+        # the real command reaches the real session (without a terminal: has-session instead of attach)
+        argv = sb.attach_command()
+        assert argv[:3] == ["docker", "exec", "-it"] and argv[4:6] == ["tmux", "attach"]
+        attached.append(subprocess.run(["docker", "exec", argv[3], "tmux", "has-session", "-t", argv[-1]]).returncode)
+
+    async def drive() -> None:
+        board = Board(mgr, repo, stats_every=1.0)
+        with board:
+            app = TopApp(board, mgr, bell=True, attach=attach)
+            async with app.run_test(size=(200, 45)) as pilot:
+                table = app.query_one("#table", DataTable)
+
+                def names() -> list[str]:
+                    return [str(k.value) for k in table.rows]
+
+                def cell(name: str, column: str) -> str:
+                    return table.get_cell(name, column).plain
+
+                await _until(pilot, lambda: sorted(names()) == ["cc-1", "sh-1"], what="both rows")
+                assert cell("cc-1", "STATE") == "idle" and cell("cc-1", "TOKENS") != "-"
+                assert cell("cc-1", "COST").startswith("$") and cell("sh-1", "TOKENS") == "-"
+                assert cell("sh-1", "TASK / REASON") == "echo '[b]not bold[/b]' $((6*7))"  # shown, not markup
+                await _until(pilot, lambda: cell("cc-1", "CPU").endswith("%"), what="engine stats")
+                await _until(pilot, lambda: cell("cc-1", "DIFF") == "+3 -0 1f", what="the diffstat of the commit")
+
+                # a state change appears, and a waiting agent floats to the top and rings
+                env.ok("send", "sh-1", PROMPT, cwd=repo)
+                await _until(pilot, lambda: names()[:1] == ["sh-1"] and cell("sh-1", "STATE") == "waiting",
+                             what="sh-1 waiting, first")
+                assert app.bells == 1
+                # the preview is the selected agent's pane, agent text shown literally
+                table.move_cursor(row=0)
+                preview = app.query_one("#preview", Static)
+                await _until(pilot, lambda: "[b]not bold[/b] 42" in str(preview.render()), what="the preview")
+                if WRITE_DOCS:  # the picture in the README (docs/top.svg)
+                    await pilot.pause(1.5)
+                    app.save_screenshot("top.svg", str(Path(__file__).resolve().parent.parent / "docs"))
+
+                # send through keys: s, the text, Enter
+                await pilot.press("s")
+                await _until(pilot, lambda: isinstance(app.screen.focused, Input), what="the send box")
+                app.screen.query_one(Input).value = "y"
+                await pilot.press("enter")
+                await pilot.press("s")
+                await _until(pilot, lambda: isinstance(app.screen.focused, Input), what="the send box")
+                app.screen.query_one(Input).value = "echo top-$((40+2))"
+                await pilot.press("enter")
+                await _until(pilot, lambda: "top-42" in env.ok("logs", "sh-1", cwd=repo).out, what="the sent text")
+                await _until(pilot, lambda: cell("sh-1", "STATE") == "idle", what="sh-1 idle again")
+
+                # enter attaches (the real command, to the real session)
+                table.move_cursor(row=names().index("sh-1"))
+                await pilot.press("enter")
+                await _until(pilot, lambda: attached == [0], what="attach")
+
+                # / filters
+                await pilot.press("slash")
+                await _until(pilot, lambda: isinstance(app.screen.focused, Input), what="the filter box")
+                app.screen.query_one(Input).value = "cc-"
+                await pilot.press("enter")
+                await _until(pilot, lambda: names() == ["cc-1"], what="the filter")
+                # r asks first (n: nothing happens), x stops
+                await pilot.press("r")
+                await _until(pilot, lambda: isinstance(app.screen, Confirm), what="the rm question")
+                await pilot.press("n")
+                await pilot.press("x")
+                await _until(pilot, lambda: cell("cc-1", "STATE") == "stopped", timeout=60, what="cc-1 stopped")
+                svg = app.export_screenshot()
+                assert "cc-1" in svg and "stopped" in svg
+        assert board.counts["list"] < 60  # listed on events (at most once a second), not per refresh
+
+    asyncio.run(drive())
+    listed = {a["name"]: a for a in env.ok("ls", "--json", cwd=repo).json()}
+    assert listed["cc-1"]["state"] == "stopped" and listed["sh-1"]["state"] == "idle"

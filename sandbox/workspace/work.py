@@ -259,6 +259,25 @@ def diff(mgr: SandboxManager, sb: Sandbox, *, stat: bool = False, uncommitted: b
     return work.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", *opts, old, work.wip or work.head, "--")
 
 
+def shortstat(repo: gitops.Repo, base: str, head: str) -> str:
+    """``+12 -3 2f``: what the agent committed since its base, from the host's refs only (no sync, no exec;
+    the caller brings work over first). Empty when nothing changed or git cannot tell."""
+    proc = gitops.git(repo.top, "diff", "--shortstat", "--no-color", "--no-ext-diff", "--no-textconv", base, head, "--",
+                      check=False, timeout=30)
+    if proc.returncode != 0:
+        return ""
+    nums = {"file": 0, "insertion": 0, "deletion": 0}
+    for part in proc.stdout.split(","):
+        words = part.split()
+        if len(words) >= 2 and words[0].isdigit():
+            for key in nums:
+                if words[1].startswith(key):
+                    nums[key] = int(words[0])
+    if not nums["file"]:
+        return ""
+    return f"+{nums['insertion']} -{nums['deletion']} {nums['file']}f"
+
+
 def _require_clean_main(repo: gitops.Repo) -> None:
     out = gitops.git(repo.top, "status", "--porcelain", "--untracked-files=no").stdout
     if out.strip():

@@ -297,6 +297,35 @@ def top(
     top_.run(mgr, scope, bell=bell)
 
 
+@app.command()
+def tile(
+    repo: RepoOpt = None,
+    all_repos: Annotated[bool, typer.Option("--all", "-a", help="Agents of every repository.")] = False,
+    session: Annotated[str, typer.Option("--session", help="The host tmux session to build or reuse.")] = "sandbox",
+    socket: Annotated[Optional[str], typer.Option("--socket", help="The host tmux server's socket name (tmux -L).")] = None,
+    no_attach: Annotated[bool, typer.Option("--no-attach", help="Only build the session; print its name.")] = False,
+) -> None:
+    """One host tmux session, one pane attached to each running agent (tiled, 12 a window); run again to add
+    new agents; C-b d leaves. Inside tmux it switches to the session.
+
+    Example: sandbox tile --all
+    """
+    from sandbox import tile as tile_
+
+    top, mgr = _reader(repo)
+    tiled = tile_.tile(mgr.list(None if all_repos else top, sync=False), socket_name=socket, session_name=session)
+    _err(f"{tiled.session}: {len(tiled.added) + len(tiled.kept)} agents in {tiled.windows} window(s)"
+         + (f", added {' '.join(tiled.added)}" if tiled.added else ""))
+    if no_attach:
+        typer.echo(tiled.session)
+        return
+    argv = tile_.attach_argv(tiled.session, socket_name=socket, inside_tmux=bool(os.environ.get("TMUX")))
+    if shutil.which("tmux") is None:
+        raise SandboxError("tmux is needed on this host for `sandbox tile`", hint="apt-get install tmux")
+    sys.stdout.flush()
+    os.execvp("tmux", argv)
+
+
 @app.command("stats")
 def stats_(
     name: str,

@@ -165,3 +165,59 @@ def test_top_shows_every_agent_follows_states_and_acts_through_keys(env: Env, re
     asyncio.run(drive())
     listed = {a["name"]: a for a in env.ok("ls", "--json", cwd=repo).json()}
     assert listed["cc-1"]["state"] == "stopped" and listed["sh-1"]["state"] == "idle"
+
+
+# -- sandbox tile, against a real tmux server on its own socket --------------------------------------------
+@pytest.fixture
+def tmux_socket():  # type: ignore[no-untyped-def]
+    import uuid
+
+    import libtmux
+
+    name = f"sbx-tile-{uuid.uuid4().hex[:8]}"
+    yield name
+    try:  # the finalizer never raises (as libtmux's own fixtures)
+        libtmux.Server(socket_name=name).kill()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+@pytest.mark.slow
+def test_tile_builds_and_reuses_one_pane_per_agent(env: Env, repo: Path, tmux_socket: str) -> None:
+    import libtmux
+
+    none = env.run("tile", "--socket", tmux_socket, "--no-attach", cwd=repo)
+    assert none.code == 4 and none.err.strip() == "sandbox: error: no running agent to tile (see `sandbox ls`)"
+    for name in ("t-1", "t-2"):
+        env.ok("spawn", "--agent-cmd", "bash", "--name", name, cwd=repo)
+    env.ok("send", "t-2", "echo tile-$((6*7))", cwd=repo)
+    res = env.ok("tile", "--socket", tmux_socket, "--no-attach", cwd=repo)
+    assert res.out.strip() == "sandbox" and "added t-1 t-2" in res.err
+
+    server = libtmux.Server(socket_name=tmux_socket)
+    session = server.sessions.get(session_name="sandbox")
+
+    def shown() -> dict[str, str]:
+        out = server.cmd("list-panes", "-s", "-t", "=sandbox", "-F", "#{pane_id} #{@sandbox-agent} #{pane_start_command}").stdout
+        return {line.split()[1]: line for line in out}
+
+    panes = shown()
+    assert sorted(panes) == ["t-1", "t-2"]
+    assert "docker exec -it sandbox-t-2 tmux attach -t t-2" in panes["t-2"]
+    # each host pane is attached to its agent: the agent's screen shows in it
+    pane = next(p for p in session.panes if p.pane_id == panes["t-2"].split()[0])
+    wait_for(lambda: "tile-42" in "\n".join(pane.capture_pane()), 30, "the agent's screen in the host pane")
+
+    # run again: reused, nothing doubled; a new agent gets its pane
+    again = env.ok("tile", "--socket", tmux_socket, "--no-attach", cwd=repo)
+    assert "added" not in again.err and sorted(shown()) == ["t-1", "t-2"]
+    env.ok("spawn", "--agent-cmd", "bash", "--name", "t-3", cwd=repo)
+    third = env.ok("tile", "--socket", tmux_socket, "--no-attach", cwd=repo)
+    assert "added t-3" in third.err and sorted(shown()) == ["t-1", "t-2", "t-3"]
+    assert len(session.windows) == 1
+    layout = server.cmd("display-message", "-p", "-t", "=sandbox:", "#{window_layout}").stdout[0]
+    assert layout.count(",") > 8  # three panes laid out (tiled), not stacked in one
+    # stopping an agent closes its pane (its attach ends); tile brings the others back as they are
+    env.ok("stop", "t-1", cwd=repo)
+    wait_for(lambda: "t-1" not in shown(), 30, "t-1's pane closing")
+    assert "added" not in env.ok("tile", "--socket", tmux_socket, "--no-attach", cwd=repo).err

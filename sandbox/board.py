@@ -10,7 +10,7 @@ A ``Board`` holds a snapshot of every agent (of one repository, or all) and keep
   following or opening anything), and a read through ``sandbox.agentfiles`` only when the file
   changed. Where this host cannot see the state dir (a remote engine), one bounded exec per running
   agent reads it, at most every ``exec_every`` seconds;
-- **the engine's stats**, every ``stats_every`` seconds, one one-shot request per running agent, side by
+- **the engine's stats**, every ``stats_every`` seconds (10), one one-shot request per running agent, side by
   side and bounded (``Engine.stats_many``); CPU % between two consecutive samples;
 - **the host's refs** for the diffstat (``git diff --shortstat base..sandbox/NAME``, computed again only
   when the branch moved; ``SandboxManager.list`` brings changed work over first).
@@ -55,7 +55,7 @@ def _sort_key(row: Row) -> tuple[int, str, str]:
 
 class Board:
     def __init__(self, mgr: SandboxManager[Any], repo: Path | None, *, state_every: float = 0.5,
-                 list_min: float = 1.0, relist_every: float = 30.0, stats_every: float = 5.0,
+                 list_min: float = 1.0, relist_every: float = 60.0, stats_every: float = 10.0,
                  exec_every: float = 5.0, events: bool = True) -> None:
         self.mgr = mgr
         self.repo = repo
@@ -211,10 +211,16 @@ class Board:
         from sandbox.workspace import git as gitops
         from sandbox.workspace import work
 
+        heads: dict[str, dict[str, str]] = {}  # repository -> branch -> head: one for-each-ref per repository
         for sb in found:
             try:
                 repo = self.mgr.repo_of(sb)
-                head = gitops.head_of(repo, sb.branch)
+                if sb.repo not in heads:
+                    out = gitops.git(repo.top, "for-each-ref", "--format=%(refname) %(objectname)",
+                                     f"refs/heads/{gitops.BRANCH_PREFIX}", check=False, timeout=30).stdout
+                    heads[sb.repo] = {ref.removeprefix("refs/heads/"): sha for ref, _, sha in
+                                      (line.partition(" ") for line in out.splitlines())}
+                head = heads[sb.repo].get(sb.branch)
             except (SandboxError, KeyError, OSError):
                 continue
             base = sb.labels.get(L.BASE)

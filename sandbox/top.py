@@ -33,7 +33,8 @@ from sandbox.errors import SandboxError
 from sandbox.manager import Sandbox, SandboxManager
 from sandbox.terminal import defang
 
-PREVIEW_EVERY = 1.0     # seconds between two captures of the selected pane
+PREVIEW_EVERY = 2.0     # seconds between two captures of the selected pane while it changes (busy, new activity)
+PREVIEW_IDLE = 10.0     # … and while nothing says it changed
 PREVIEW_LINES = 40
 STATE_STYLE = {contract.WAITING: "bold black on yellow", contract.BUSY: "bold green", contract.IDLE: "cyan",
                contract.STARTING: "magenta", contract.READY: "cyan", contract.FAILED: "bold red",
@@ -47,13 +48,15 @@ def plain(text: str, style: str = "") -> Text:
 
 
 def _age(ts: float | None) -> str:
+    """Coarse on purpose (``now``, ``<1m``, ``3m``, ``2h``): a cell that does not change is not drawn again
+    (textual redraws the whole table for any changed cell)."""
     if not ts:
         return "-"
     secs = int(time.time() - ts)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if secs >= size:
             return f"{secs // size}{unit}"
-    return f"{max(secs, 0)}s"
+    return "now" if secs < 10 else "<1m"
 
 
 def cells(row: Row) -> list[Text]:
@@ -63,7 +66,7 @@ def cells(row: Row) -> list[Text]:
     tokens = f"{U.short(tok['input'] + tok['cache_read'] + tok['cache_write'])}/{U.short(tok['output'])}" if tok else "-"
     return [plain(sb.name, "bold"), plain(sb.state, STATE_STYLE.get(sb.state, "")), plain(str(sb.attempt or "-")),
             plain(_age(sb.activity)), plain(sb.branch), plain(row.diffstat or "-"),
-            plain(f"{st.cpu_percent:.1f}%" if st and st.cpu_percent is not None else "-"),
+            plain(f"{st.cpu_percent:.0f}%" if st and st.cpu_percent is not None else "-"),
             plain(U.size(st.memory) if st else "-"), plain(tokens),
             plain(row.cost.describe() if row.cost else "-"), plain(note)]
 
@@ -168,6 +171,10 @@ class TopApp(App[None]):
         self._names: list[str] = []
         self._preview_at = 0.0
         self._preview_for = ""
+        self._preview_activity: float | None = None
+        self._cells: dict[str, list[Text]] = {}
+        self._status = ""
+        self._preview_text = ""
         self._capturing = False
         self.bells = 0
 
@@ -203,20 +210,30 @@ class TopApp(App[None]):
         self.refresh_preview()
 
     def refresh_table(self) -> None:
-        # ages move on: redraw every 5 s even when nothing changed
-        key = (self.board.version, self.text_filter, int(time.monotonic() // 5))
+        # ages move on: look again every 15 s even when nothing changed (only changed cells are drawn:
+        # textual draws the whole table again for one changed cell, ~50 ms for 20 agents)
+        key = (self.board.version, self.text_filter, int(time.monotonic() // 15))
         if key == self._shown:
             return
         self._shown = key
         rows = self.board.rows(self.text_filter)
         table = self.query_one("#table", DataTable)
-        selected = self.selected_name()
-        table.clear()
-        for row in rows:
-            table.add_row(*cells(row), key=row.name)
-        self._names = [r.name for r in rows]
-        if selected in self._names:
-            table.move_cursor(row=self._names.index(selected), animate=False)
+        fresh = {row.name: cells(row) for row in rows}
+        names = [r.name for r in rows]
+        if names != self._names:  # other agents, or another order: build the table again
+            selected = self.selected_name()
+            table.clear()
+            for name in names:
+                table.add_row(*fresh[name], key=name)
+            self._names = names
+            if selected in names:
+                table.move_cursor(row=names.index(selected), animate=False)
+        else:  # the same rows: only the cells that changed
+            for name in names:
+                for column, old, new in zip(COLUMNS, self._cells.get(name, []), fresh[name]):
+                    if (old.plain, old.style) != (new.plain, new.style):
+                        table.update_cell(name, column, new)
+        self._cells = fresh
         waiting = sum(1 for r in rows if r.sb.state == contract.WAITING)
         total = sum((r.cost.usd for r in rows if r.cost), 0.0)
         status = f" {len(rows)} agents" + (f", {waiting} waiting" if waiting else "") + f", ${total:.2f} estimated" \
@@ -225,7 +242,9 @@ class TopApp(App[None]):
             status += f"  filter: {self.text_filter}"
         if self.board.error:
             status += f"  engine: {self.board.error}"
-        self.query_one("#status", Static).update(plain(status))
+        if status != self._status:  # (an update relays the screen out: only when it says something new)
+            self._status = status
+            self.query_one("#status", Static).update(plain(status))
 
     def selected_name(self) -> str | None:
         table = self.query_one("#table", DataTable)
@@ -244,13 +263,20 @@ class TopApp(App[None]):
     def refresh_preview(self) -> None:
         sb = self.selected()
         if sb is None:
-            self.query_one("#preview", Static).update(Text(""))
+            if self._preview_for:
+                self._preview_for = self._preview_text = ""
+                self.query_one("#preview", Static).update(Text(""))
             return
         now = time.monotonic()
-        if self._capturing or (sb.name == self._preview_for and now - self._preview_at < PREVIEW_EVERY):
+        if self._capturing:
             return
-        self._preview_at, self._preview_for = now, sb.name
+        if sb.name == self._preview_for:  # the same agent: again only when its pane may have changed
+            changing = sb.state == contract.BUSY or sb.activity != self._preview_activity
+            if now - self._preview_at < (PREVIEW_EVERY if changing else PREVIEW_IDLE):
+                return
+        self._preview_at, self._preview_for, self._preview_activity = now, sb.name, sb.activity
         if sb.engine_state != "running":
+            self._preview_text = ""
             self.query_one("#preview", Static).update(plain(f"{sb.name} is {sb.state}: no pane to show", "dim"))
             return
         self._capturing = True
@@ -267,8 +293,10 @@ class TopApp(App[None]):
     def _show_preview(self, name: str, text: str) -> None:
         self._capturing = False
         if name == self.selected_name():
-            lines = text.rstrip("\n").splitlines()[-PREVIEW_LINES:]
-            self.query_one("#preview", Static).update(Text(defang("\n".join(lines)), no_wrap=True, overflow="crop"))
+            shown = defang("\n".join(text.rstrip("\n").splitlines()[-PREVIEW_LINES:]))
+            if shown != self._preview_text:  # the same pane text: nothing to draw
+                self._preview_text = shown
+                self.query_one("#preview", Static).update(Text(shown, no_wrap=True, overflow="crop"))
 
     # -- actions (the library calls the commands make) ----------------------------------------------
     def _need(self) -> Sandbox | None:

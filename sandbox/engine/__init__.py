@@ -315,17 +315,23 @@ class Engine:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(refs)))) as pool:
             return dict(zip(refs, pool.map(one, refs)))
 
-    def events(self, labels: list[str], stop: Callable[[], bool], *, since: float | None = None) -> Iterator[dict[str, Any]]:
-        """The engine's container events (start, die, stop, destroy, health_status…) for containers
+    # The container events that change what a listing shows (not exec_*: every healthcheck and every
+    # `capture-pane` is an exec, and would make a watcher list again and again).
+    LIFECYCLE_EVENTS = ("create", "start", "restart", "die", "stop", "kill", "destroy", "pause", "unpause", "oom",
+                        "rename", "health_status")
+
+    def events(self, labels: list[str], stop: Callable[[], bool], *, since: float | None = None,
+               actions: tuple[str, ...] = LIFECYCLE_EVENTS) -> Iterator[dict[str, Any]]:
+        """The engine's container events (``actions``: by default the lifecycle ones) for containers
         matching the ``labels`` filters, as they happen, until ``stop()`` is true (checked every second)
         or the engine closes the stream. One long request; re-list after it ends (events replay
         only recent history)."""
-        filters = json.dumps({"type": ["container"], "label": labels})
+        wanted = {"type": ["container"], "label": labels, "event": list(actions)}
+        filters = json.dumps(wanted)
         query = urllib.parse.urlencode({"filters": filters, **({"since": f"{since:.3f}"} if since else {})})
         if self._sock is None:
             with _docker_py("container events"):
-                stream = self._client().events(decode=True, filters={"type": ["container"], "label": labels},
-                                               since=int(since) if since else None)
+                stream = self._client().events(decode=True, filters=wanted, since=int(since) if since else None)
             try:
                 for event in stream:
                     if stop():

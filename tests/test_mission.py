@@ -221,3 +221,35 @@ def test_tile_builds_and_reuses_one_pane_per_agent(env: Env, repo: Path, tmux_so
     env.ok("stop", "t-1", cwd=repo)
     wait_for(lambda: "t-1" not in shown(), 30, "t-1's pane closing")
     assert "added" not in env.ok("tile", "--socket", tmux_socket, "--no-attach", cwd=repo).err
+
+
+# -- agent text in the TUI (no engine) -------------------------------------------------------------------
+def test_agent_text_in_top_is_never_markup_or_escapes() -> None:
+    from rich.console import Console
+
+    from sandbox.board import Row
+    from sandbox.manager import Sandbox
+    from sandbox.top import cells
+
+    hostile = "[link=https://evil.invalid]click[/link] [bold red]x[/] \x1b]52;c;cGF5bG9hZA==\x07\x1b[2J\x9b31m"
+    sb = Sandbox(name="evil-1", container_id="c" * 12, container_name="sandbox-evil-1",
+                 labels={"sandbox.task": hostile, "sandbox.branch": "sandbox/evil-1"}, engine_state="running",
+                 status="Up", agent_state={"state": "busy", "usage": {hostile: {"input": 5, "output": 1}}})
+    row = Row(sb, None, "", sb.cost())
+    task = cells(row)[-1]
+    assert task.plain.startswith("[link=https://evil.invalid]click[/link] [bold red]x[/] \\x1b]52;c;")
+    assert "\x1b" not in task.plain and "\x07" not in task.plain and "\x9b" not in task.plain
+    assert not task.spans  # no style came from the text
+    console = Console(width=400, record=True, color_system=None, force_terminal=False)
+    console.print(task)
+    out = console.export_text()
+    assert "[bold red]x[/]" in out and "\x1b" not in out and "click[/link]" in out
+
+
+def test_top_refuses_without_a_terminal(tmp_path: Path) -> None:
+    from tests.conftest import make_env
+
+    env = make_env(tmp_path, "sandbox-agent:never-used")
+    res = env.run("top")  # stdout is a pipe here
+    assert res.code == 2 and res.err.strip() == ("sandbox: error: sandbox top needs a terminal "
+                                                 "(for scripts: sandbox ls --wide --json)"), res.err

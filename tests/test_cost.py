@@ -123,9 +123,23 @@ def _mock_usage(env: Env, name: str, repo: Path) -> tuple[int, int]:
     return sum(u["input_tokens"] for u in used), sum(u["output_tokens"] for u in used)
 
 
+def _remove(env: Env, repo: Path, *names: str) -> None:
+    """Remove what a test spawned (others count the agents of the run), without hiding its own failure."""
+    for name in names:
+        env.run("rm", "--force", "--delete-branch", name, cwd=repo)
+
+
+@pytest.fixture
+def spawned(env: Env, repo: Path):  # type: ignore[no-untyped-def]
+    names: list[str] = []
+    yield names
+    _remove(env, repo, *names)
+
+
 @pytest.mark.slow
 @pytest.mark.claude
-def test_token_counts_are_what_the_scripted_model_reported(env: Env, repo: Path) -> None:
+def test_token_counts_are_what_the_scripted_model_reported(env: Env, repo: Path, spawned: list[str]) -> None:
+    spawned.append("tok-1")
     env.ok("spawn", "--name", "tok-1", "write the task file", cwd=repo)
     env.ok("wait", "tok-1", "--until", "idle", "--timeout", "120", cwd=repo)
     inp, out = _mock_usage(env, "tok-1", repo)
@@ -159,10 +173,11 @@ def test_token_counts_are_what_the_scripted_model_reported(env: Env, repo: Path)
 
 @pytest.mark.slow
 @pytest.mark.claude
-def test_the_budget_stop_keeps_the_work(env: Env, repo: Path) -> None:
+def test_the_budget_stop_keeps_the_work(env: Env, repo: Path, spawned: list[str]) -> None:
     # $10 per million tokens: the first model call (~14k tokens of Claude Code's prompt) costs ~$0.14,
     # two cost ~$0.28: the Write of the first call happens, the budget stops the commit of the second.
     (repo / ".sandbox.toml").write_text('[prices."*"]\ninput = 10\noutput = 10\n')
+    spawned += ["cost-1", "cost-2"]
     res = env.ok("spawn", "--name", "cost-1", "--max-cost", "0.2", "write the task file", cwd=repo)
     assert "cost-1" in res.out
     env.ok("wait", "cost-1", "--until", "exited", "--timeout", "120", cwd=repo)

@@ -14,12 +14,23 @@ import pytest
 
 from tests.conftest import Env, wait_for
 
+
+@pytest.fixture
+def spawned(env: Env, repo: Path):  # type: ignore[no-untyped-def]
+    """Names to remove after the test (other tests count the agents of the run), even when it failed."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        env.run("rm", "--force", "--delete-branch", name, cwd=repo)
+
 WRITE_DOCS = bool(os.environ.get("SANDBOX_WRITE_DOCS"))  # write docs/top.svg (the README shows it)
 PROMPT = "read -p 'Continue? (y/n) ' answer"  # the hook-less fallback calls this pane `waiting`
 
 
 @pytest.mark.slow
-def test_wait_any_returns_the_first_agent_that_needs_you_and_runs_notify(env: Env, repo: Path, tmp_path: Path) -> None:
+def test_wait_any_returns_the_first_agent_that_needs_you_and_runs_notify(env: Env, repo: Path, tmp_path: Path,
+                                                                         spawned: list[str]) -> None:
+    spawned += ["w-1", "w-2"]
     out = tmp_path / "notified"
     (repo / ".sandbox.toml").write_text(
         "notify = " + json.dumps(f"sh -c 'echo \"$SANDBOX_AGENT $SANDBOX_STATE $SANDBOX_BRANCH\" > {out}'") + "\n")
@@ -76,7 +87,9 @@ def _in_process(env: Env, repo: Path, monkeypatch: pytest.MonkeyPatch):  # type:
 @pytest.mark.slow
 @pytest.mark.claude
 def test_top_shows_every_agent_follows_states_and_acts_through_keys(env: Env, repo: Path, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    spawned: list[str]) -> None:
+    spawned += ["cc-1", "sh-1"]
     import asyncio
 
     from textual.widgets import DataTable, Input, Static
@@ -183,7 +196,8 @@ def tmux_socket():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.slow
-def test_tile_builds_and_reuses_one_pane_per_agent(env: Env, repo: Path, tmux_socket: str) -> None:
+def test_tile_builds_and_reuses_one_pane_per_agent(env: Env, repo: Path, tmux_socket: str, spawned: list[str]) -> None:
+    spawned += ["t-1", "t-2", "t-3"]
     import libtmux
 
     none = env.run("tile", "--socket", tmux_socket, "--no-attach", cwd=repo)

@@ -206,6 +206,14 @@ def test_validate_rejects_bad_scripts() -> None:
             mockmodel.make_server(script=bad)
 
 
+class _AnyCount:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, int) and other >= 1
+
+
+ANY_COUNT = _AnyCount()
+
+
 def test_main_ready_file_and_log(tmp_path: pathlib.Path) -> None:
     script, ready, log = tmp_path / "s.json", tmp_path / "ready", tmp_path / "log.jsonl"
     script.write_text(json.dumps({"turns": [{"steps": [{"text": "hi {prompt}"}]}]}))
@@ -219,7 +227,8 @@ def test_main_ready_file_and_log(tmp_path: pathlib.Path) -> None:
         assert ask(int(ready.read_text()), [user("you")])["content"][0]["text"] == "hi you"
         [line] = log.read_text().splitlines()
         assert json.loads(line) == {"path": "/v1/messages?beta=true", "model": "claude-sonnet-x",
-                                    "messages": 1, "answer": "text:hi you"}
+                                    "messages": 1, "answer": "text:hi you",
+                                    "usage": {"input_tokens": ANY_COUNT, "output_tokens": ANY_COUNT}}
     finally:
         proc.terminate()
         proc.wait(10)

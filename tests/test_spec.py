@@ -205,6 +205,7 @@ NOT_SPAWN = {  # settings that do not shape a spawned container, and why
     "base_image": "image build only", "cache_dir": "image build only", "claude_sdk_version": "image build only",
     "ready_timeout": "how long spawn waits", "queue_timeout": "how long --queue waits",
     "max_agents": "admission, not the container", "sync_timeout": "reading work later",
+    "notify": "run by top / wait --notify on the host",
     "secret_env": "names of variables (checked by test_security)", "secrets": "masked values",
     "mock_model": "decides the launch document's mock_model (checked below)",
     "agent": "overridden here by --agent-cmd (the claude label: test_e2e.py)",
@@ -223,7 +224,8 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
     extra = {"SANDBOX_RETRIES": "2", "SANDBOX_RETRY_BACKOFF": "0.25", "SANDBOX_MAX_TIME": "3600",
              "SANDBOX_IDLE_TIMEOUT": "1800", "SANDBOX_MEMORY": "1g", "SANDBOX_CPUS": "1.5",
              "SANDBOX_PIDS_LIMIT": "512", "SANDBOX_MODEL": "opus", "SANDBOX_AGENT_UID": "61001",
-             "SANDBOX_AGENT_GID": "61002", "SANDBOX_MOCK_MODEL": "off", "SANDBOX_NOFILE": "2048"}
+             "SANDBOX_AGENT_GID": "61002", "SANDBOX_MOCK_MODEL": "off", "SANDBOX_NOFILE": "2048",
+             "SANDBOX_MAX_COST": "5", "SANDBOX_PRICES": '{"claude-*": {"input": 2, "output": 8}}'}
     (repo / ".sandbox.toml").write_text('profile = "default"\nagent = "claude"\n')
     shown = env.ok("config", "show", cwd=repo, extra=extra).json()
     name = env.ok("spawn", "--agent-cmd", "bash", "--name", "cfg-1", cwd=repo, extra=extra).out.strip()
@@ -242,6 +244,7 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
             "data_dir": str(Path(labels[L.STATE_DIR]).parent.parent),
             "network": next(iter(info["NetworkSettings"]["Networks"])),
             "nofile": next(u["Hard"] for u in hc["Ulimits"] if u["Name"] == "nofile"),
+            "max_cost": float(labels[L.MAX_COST]), "prices": launch["prices"][0],  # (the setting's layer first)
         }
         assert launch["mock_model"] is False and shown["mock_model"] == "off"
         for key, value in shown.items():

@@ -593,8 +593,11 @@ def hook(event: str) -> int:
                 used = _usage_safely(payload) or used
         if used is not None:
             fields[C.S.USAGE] = used
-            launch = C.Launch.from_json(_read(LAUNCH))
-            if launch.max_cost:
+            try:
+                launch = C.Launch.from_json(_read(LAUNCH))
+            except (OSError, ValueError, TypeError):
+                launch = None
+            if launch is not None and launch.max_cost:
                 from sandbox import usage as U
 
                 over = U.Budget(float(launch.max_cost), list(launch.prices or [])).exceeded(used)

@@ -47,7 +47,8 @@ DOCKERFILE = REPO_ROOT / "Dockerfile.agent"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules that run inside the container: standard library only (see AGENTS.md).
 INSIDE_MODULES = ("__init__.py", "contract.py", "inside/__init__.py", "inside/__main__.py", "inside/export.py",
-                  "inside/facts.py", "inside/mockmodel.py")
+                  "inside/facts.py", "inside/mockmodel.py", "inside/headless.py",
+                  "agents.py", "errors.py")  # (the last two: the presets, for headless mode)
 
 ONLINE_BASE = "debian:bookworm-slim"
 SDK_PACKAGE = "claude-agent-sdk"

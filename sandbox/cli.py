@@ -238,8 +238,9 @@ def ls(
         am = s.labels.get("sandbox.agent", "?") + ("/" + s.labels["sandbox.model"] if s.labels.get("sandbox.model") else "")
         state = s.state + (f"({s.exit_code})" if s.state in ("exited", "failed") and s.exit_code is not None else "")
         active = _age(datetime.fromtimestamp(s.activity, timezone.utc)) if s.activity else "-"
-        note = s.reason if s.state in ("starting", "stopped", "failed", "exited", "waiting") and s.reason else s.labels.get("sandbox.task", "")
-        rows.append([s.name, am, state, str(s.attempt or "-"), active, s.branch, Path(s.repo).name, _age(s.created), note])
+        note = s.reason if s.state in ("starting", "stopped", "failed", "exited", "waiting") and s.reason else s.task
+        repo_col = Path(s.repo).name if s.repo else s.labels.get("sandbox.remote", "").rstrip("/").rsplit("/", 1)[-1]
+        rows.append([s.name, am, state, str(s.attempt or "-"), active, s.branch, repo_col, _age(s.created), note])
     width = shutil.get_terminal_size((120, 20)).columns
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]

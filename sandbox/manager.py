@@ -58,8 +58,15 @@ class Sandbox:
         return self.labels.get(L.SESSION, self.name)
 
     @property
+    def headless(self) -> bool:
+        """Started from the image alone (Compose, ``spawn --headless``): no workspace on this host; its
+        work is in the branch it pushes."""
+        return self.labels.get(L.MODE) == L.HEADLESS
+
+    @property
     def worktree(self) -> Path:
-        return Path(self.labels[L.WORKTREE])
+        """The workspace on the host; for a headless agent, its clone inside the container."""
+        return Path(self.labels.get(L.WORKTREE) or str(self.agent_state.get("workdir") or "/"))
 
     @property
     def agent_git(self) -> Path | None:
@@ -69,7 +76,12 @@ class Sandbox:
 
     @property
     def branch(self) -> str:
-        return self.labels.get(L.BRANCH, "")
+        return self.labels.get(L.BRANCH) or str(self.agent_state.get("branch") or "")
+
+    @property
+    def task(self) -> str:
+        """The task's summary: its label; a headless replica's (one label set for all): its state's."""
+        return self.labels.get(L.TASK) or L.summarize(str(self.agent_state.get("task") or ""))
 
     @property
     def repo(self) -> str:
@@ -138,12 +150,13 @@ class Sandbox:
             "agent": self.labels.get(L.AGENT),
             "model": self.labels.get(L.MODEL) or None,
             "branch": self.branch,
-            "repo": self.repo,
-            "worktree": str(self.worktree),
+            "repo": self.repo or self.labels.get(L.REMOTE, ""),
+            "worktree": None if self.headless else str(self.worktree),
             "workspace": str(self.worktree),
+            "mode": self.labels.get(L.MODE) or "workspace",
             "base": self.labels.get(L.BASE),
             "created": self.labels.get(L.CREATED),
-            "task": self.labels.get(L.TASK, ""),
+            "task": self.task,
             "session": self.session,
             "attach": " ".join(self.attach_command()),
             "agent_state": self.agent_state,
@@ -202,10 +215,11 @@ class SandboxManager(Generic[SettingsT]):
 
     def _snapshot(self, c: dict[str, Any]) -> Sandbox:
         lab = dict(c.get("Labels") or {})
+        container_name = (c.get("Names") or ["/?"])[0].lstrip("/")
         return Sandbox(
-            name=lab.get(L.NAME, ""),
+            name=L.name_of(lab, container_name),
             container_id=c["Id"],
-            container_name=(c.get("Names") or ["/?"])[0].lstrip("/"),
+            container_name=container_name,
             labels=lab,
             engine_state=c.get("State", ""),
             status=c.get("Status", ""),
@@ -226,8 +240,9 @@ class SandboxManager(Generic[SettingsT]):
         found = [self._snapshot(c) for c in self.engine.list_containers(self._filters(*extra, any_run=any_run))]
         if sync:
             self.refresh_branches(found)
-        if exec_state:
-            found = [self.with_exec_state(sb) for sb in found]
+        # (a headless agent without a state dir on this host, e.g. from Compose: its state by one exec)
+        found = [self.with_exec_state(sb) if exec_state or (sb.headless and not sb.labels.get(L.STATE_DIR))
+                 else sb for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
 
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
@@ -241,9 +256,15 @@ class SandboxManager(Generic[SettingsT]):
 
     def get(self, name: str) -> Sandbox:
         found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))
-        if not found:
-            raise NotFound(f"no agent named {name!r}", hint="see `sandbox ls --all`")
-        return self._snapshot(found[0])
+        if found:
+            return self._snapshot(found[0])
+        # A headless agent without a name label (a Compose replica): PROJECT-SERVICE-NUMBER, or its
+        # container's name (Compose v1: PROJECT_SERVICE_NUMBER).
+        for c in self.engine.list_containers(self._filters(f"{L.MODE}={L.HEADLESS}")):
+            sb = self._snapshot(c)
+            if name in (sb.name, sb.container_name) and not sb.labels.get(L.NAME):
+                return self.with_exec_state(sb) if not sb.labels.get(L.STATE_DIR) else sb
+        raise NotFound(f"no agent named {name!r}", hint="see `sandbox ls --all`")
 
     # -- spawning ----------------------------------------------------------------------------
     def _allocate_name(self, prefix: str, skip: set[str] | None = None) -> str:
@@ -434,12 +455,13 @@ class SandboxManager(Generic[SettingsT]):
         States written before ``since`` (a previous run of the container) are ignored.
         """
         timeout = timeout if timeout is not None else self.settings.ready_timeout
-        state_file = Path(sandbox.labels[L.STATE_DIR]) / "state.json"
+        state_dir = sandbox.labels.get(L.STATE_DIR)
         deadline = time.monotonic() + timeout
         delay = 0.005
         checks = 0
         while True:
-            state = _read_state(str(state_file.parent))
+            # (no state dir here: a Compose replica's state file, read in its container)
+            state = _read_state(state_dir) if state_dir else self.get(sandbox.name).agent_state
             st = state.get(S.STATE) if float(state.get(S.TS) or 0) >= since else None
             if st in contract.ACCEPTS_INPUT or (st == contract.EXITED and state.get(S.EXIT_CODE) == 0):
                 return self.get(sandbox.name)  # (a quick agent may have started and finished already)
@@ -542,6 +564,8 @@ class SandboxManager(Generic[SettingsT]):
         from sandbox.workspace import work
 
         sb = self.get(name)
+        if sb.headless:
+            return self._remove_headless(sb, force=force)
         work.check_removable(self, sb, force=force)
         self.engine.remove(sb.container_id, force=True)
         gone = replace(sb, engine_state="removed")
@@ -557,6 +581,22 @@ class SandboxManager(Generic[SettingsT]):
         if delete_branch:
             gitops.branch_delete(self.repo_of(sb), sb.branch)
         shutil.rmtree(sb.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
+        return sb
+
+    def _remove_headless(self, sb: Sandbox, *, force: bool) -> Sandbox:
+        """A headless agent's work is in the branch it pushes: stop it first (SIGTERM: it pushes what
+        is uncommitted as a WIP commit), then remove the container (and its state dir, if here). A
+        final push that failed (exit 4) keeps the container for its log, unless ``force``."""
+        if sb.engine_state == "running":
+            self.engine.stop(sb.container_id, timeout=15)
+            sb = self.get(sb.name)
+        m = re.match(r"Exited \((-?\d+)\)", sb.status)
+        if m and int(m.group(1)) == 4 and not force:
+            raise Conflict(f"agent {sb.name} could not push its work (exit 4): container kept for its log",
+                           hint=f"`docker logs {sb.container_name}`; `sandbox rm --force {sb.name}` removes it")
+        self.engine.remove(sb.container_id, force=True)
+        if sb.labels.get(L.STATE_DIR):
+            shutil.rmtree(sb.labels[L.STATE_DIR], ignore_errors=True)
         return sb
 
     # -- the agent's work, brought over --------------------------------------------------------

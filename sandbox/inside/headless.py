@@ -638,5 +638,6 @@ def start(cfg: Config, git: Git, lease: str) -> Headless:
     if which(cfg.argv[0]) is None:
         raise Failure(CONFIG, f"{cfg.argv[0]}: command not found in the image")
     sup = Headless(launch, cfg, git, lease)  # (reads the state file: before anything is written to it)
-    I.write_state(None, name=cfg.name, mode="headless", branch=cfg.branch, task_index=cfg.index, run_attempt=cfg.attempt)
+    I.write_state(None, name=cfg.name, mode="headless", branch=cfg.branch, task_index=cfg.index, run_attempt=cfg.attempt,
+                  workdir=cfg.workspace, task=cfg.task[:200])
     return sup

@@ -183,10 +183,15 @@ def spawn(
     queue: Annotated[bool, typer.Option("--queue", help="With --max-agents: wait for a free slot instead of refusing.")] = False,
     max_time: Annotated[Optional[float], typer.Option("--max-time", help="Stop the agent after S seconds (work kept).")] = None,
     idle_timeout: Annotated[Optional[float], typer.Option("--idle-timeout", help="Stop the agent after S idle seconds (work kept).")] = None,
+    headless: Annotated[bool, typer.Option("--headless", help="The image alone, as on Cloud Run: it clones --repo-url and pushes its branch there (no workspace here).")] = False,
+    repo_url: Annotated[Optional[str], typer.Option("--repo-url", help="With --headless: the repository to clone and push to (no credentials in it).")] = None,
+    push_branch: Annotated[Optional[str], typer.Option("--push-branch", help="With --headless: the branch pushed (default sandbox/NAME).")] = None,
+    git_token_file: Annotated[Optional[Path], typer.Option("--git-token-file", help="With --headless: a file holding a token that may push (copied in, never in inspect).")] = None,
 ) -> None:
-    """Start an agent in its own container on a new worktree and branch.
+    """Start an agent in its own container on a new worktree and branch (--headless: on a clone of --repo-url).
 
     Example: sandbox spawn --model sonnet "add login rate limiting"
+    Example: sandbox spawn --headless --repo-url https://git.example/acme/app.git --git-token-file token.txt "fix the flaky test"
     """
     script = None
     if mock_script is not None:
@@ -194,6 +199,22 @@ def spawn(
             script = json.loads(mock_script.read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"--mock-script {mock_script}: {e}") from e
+    if headless or repo_url is not None or push_branch is not None or git_token_file is not None:
+        if not (headless and repo_url):
+            raise UsageError("--repo-url, --push-branch and --git-token-file go with --headless, which needs --repo-url")
+        hmgr = _manager(repo, image=image, mock_model=mock_model, retries=retries, max_agents=max_agents,
+                        max_time=max_time)
+        say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
+        sb = hmgr.spawn_headless(task, repo_url=repo_url, name=name, agent=agent, model=model, agent_cmd=agent_cmd,
+                                 base=base, branch=push_branch, git_token_file=git_token_file, mock_script=script,
+                                 wait_ready=not no_wait, on_step=say)
+        if as_json:
+            typer.echo(json.dumps(sb.to_json(), indent=2))
+            return
+        typer.echo(sb.name)
+        _err(f"  pushes:   {sb.branch} to {repo_url}\n  state:    {sb.state}\n"
+             f"  attach:   {' '.join(sb.attach_command())}   (or: sandbox attach {sb.name})")
+        return
     mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model, retries=retries,
                    max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout)
     say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None

@@ -175,8 +175,8 @@ HEADLESS_ENV = (
     EnvVar("ANTHROPIC_API_KEY", False, True, "", "Claude Code's API key"),
     EnvVar("SANDBOX_MOCK_MODEL", False, False, "0", "1: the scripted offline model instead of an API (demos, tests)"),
     EnvVar("SANDBOX_MOCK_SCRIPT_FILE", False, False, "", "the scripted model's script (JSON)"),
-    EnvVar("SANDBOX_ATTEMPT", False, False, "0", "> 0: a retry: resume from the pushed branch (default "
-           "CLOUD_RUN_TASK_ATTEMPT)"),
+    EnvVar("SANDBOX_ATTEMPT", False, False, "0", "> 0: a retry: resume from the pushed branch when there is one "
+           "(default CLOUD_RUN_TASK_ATTEMPT); 0: a first attempt refuses a branch that exists"),
     EnvVar("SANDBOX_NAME", False, False, "", "the agent's name (default: the host name)"),
     EnvVar("SANDBOX_SESSION", False, False, "agent", "the tmux session's name"),
     EnvVar("SANDBOX_WORKSPACE", False, False, "", "where to clone (default $HOME/work, or /tmp/sandbox/work when "

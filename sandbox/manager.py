@@ -327,6 +327,90 @@ class SandboxManager(Generic[SettingsT]):
                     name = self._allocate_name(prefix, tried)
         raise Conflict("could not find a free name; pass --name")
 
+    def spawn_headless(
+        self: SandboxManager[Settings],
+        task: str | None,
+        *,
+        repo_url: str,
+        name: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        agent_cmd: str | None = None,
+        base: str | None = None,
+        branch: str | None = None,
+        git_token_file: Path | None = None,
+        mock_script: dict[str, Any] | None = None,
+        wait_ready: bool = True,
+        on_step: Callable[[str], None] | None = None,
+    ) -> Sandbox:
+        """Run the image's headless mode on this engine (``sandbox spawn --headless``): the agent clones
+        ``repo_url`` in its container and pushes its work there; nothing of it on this host but its
+        state dir. The same container a Cloud Run-like host runs (``spec.build_headless``)."""
+        from sandbox import agents, spec as spec_
+        from sandbox.inside import headless
+
+        s = self.settings
+        step = on_step or (lambda _msg: None)
+        if not task or not task.strip():
+            raise UsageError("a headless agent needs a task", hint='sandbox spawn --headless --repo-url URL "the task"')
+        if name is not None:
+            agents.check_name(name)
+        agent = agent or s.agent
+        model = model if model is not None else s.model
+        aspec = agents.build(agent, model, task if agent_cmd is None else None, agent_cmd)
+        token = ""
+        if git_token_file is not None:
+            try:
+                token = git_token_file.read_text().strip()
+            except OSError as e:
+                raise UsageError(f"--git-token-file {git_token_file}: {e.strerror}") from None
+        image_id = self.engine.image_id(s.image)
+        if image_id is None:
+            raise ImageMissing(f"agent image {s.image} is not built", hint="run `sandbox image build`")
+        uid, gid = s.uid_gid()
+        if uid == 0:
+            raise UsageError("the agent never runs as root: set SANDBOX_AGENT_UID to a non-zero uid")
+        secrets, use_mock = self._secrets(aspec)
+        explicit = name is not None
+        name = name or self._allocate_name(agents.name_prefix(
+            Path(aspec.binary).name if agent_cmd is not None else aspec.name, model))
+        if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
+            raise Conflict(f"name {name!r} is taken", hint="pick another with --name")
+        state_dir = s.data_dir / "state" / name
+        req = spec_.HeadlessRequest(
+            name=name, agent=aspec, model=model, task=task, repo_url=repo_url, branch=branch or BRANCH_PREFIX + name,
+            base=base, image_id=image_id, image_ref=s.image, uid=uid, gid=gid,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), state_dir=state_dir, retries=s.retries,
+            max_time=s.max_time, memory=s.memory_limit(), nano_cpus=int(s.cpus * 1e9) if s.cpus else 0,
+            pids_limit=s.pids_limit, network=s.network, run_id=s.run_id, use_mock=use_mock, mock_script=mock_script,
+            agent_cmd=agent_cmd, git_token=token, api_key=secrets.get("ANTHROPIC_API_KEY", ""))
+        container = spec_.build_headless(req)
+        try:  # the image's own rules, checked here first: a bad value is refused before anything exists
+            headless.configure({**{k: v for k, v in container.env.items() if not k.endswith("_FILE")}, "HOME": "/tmp"})
+        except headless.Failure as e:
+            raise UsageError(str(e)) from None
+        from sandbox import capacity
+
+        with ExitStack() as undo, capacity.Slot(s.data_dir / "capacity.lock", s.max_agents, self.working_count) as slot:
+            if state_dir.exists() and not explicit:
+                shutil.rmtree(state_dir)
+            state_dir.mkdir(parents=True, exist_ok=True)
+            undo.callback(shutil.rmtree, state_dir, True)
+            if os.getuid() == 0:
+                os.chown(state_dir, uid, gid)
+            step(f"container {container.name} (headless: {repo_url} -> {req.branch})")
+            try:
+                self._run(container, undo, slot)
+            except _NameTaken:
+                raise Conflict(f"name {name!r} is taken", hint="pick another with --name") from None
+            sandbox = self.get(name)
+            if wait_ready:
+                step("waiting for the agent to be ready")
+                sandbox = self.wait_ready(sandbox)
+            undo.pop_all()
+            return sandbox
+        raise AssertionError("unreachable")
+
     def working_count(self) -> int:
         """Agents holding a capacity slot: starting, busy or waiting (one engine call)."""
         from sandbox.capacity import WORKING

@@ -1,7 +1,7 @@
 """A git remote for the headless tests (standard library only): Debian's ``git http-backend`` as CGI
 behind a tiny HTTP server that asks for a token (HTTP Basic, any user name), like a forge does.
 
-    python3 gitserver.py ROOT PORT TOKEN_FILE
+    python3 gitserver.py ROOT [HOST:]PORT TOKEN_FILE      (port 0: any free one, printed)
 
 Serves every repository under ROOT (``http://HOST:PORT/NAME.git``), fetch and push, to whoever sends
 the token; 401 with a ``WWW-Authenticate`` challenge otherwise (so git asks its credential helper).
@@ -18,7 +18,8 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    root, port, token_file = argv[0], int(argv[1]), argv[2]
+    root, address, token_file = argv[0], argv[1], argv[2]
+    host, _, port = address.rpartition(":")
     with open(token_file, encoding="utf-8") as f:
         token = f.read().strip()
 
@@ -77,8 +78,8 @@ def main(argv: list[str]) -> int:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             sys.stderr.write("gitserver: " + (format % args) + "\n")
 
-    server = http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler)
-    print(f"gitserver: serving {root} on {port}", flush=True)
+    server = http.server.ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    print(f"gitserver: serving {root} on port {server.server_address[1]}", flush=True)
     server.serve_forever()
     return 0
 

@@ -321,3 +321,89 @@ def test_compose_up_scale_two_listed_read_and_removed_by_sandbox(remote: Remote,
         down = compose("down", "-v", "--remove-orphans")
     assert down.returncode == 0, down.stderr
     assert ours("container") == [] and ours("network") == [] and ours("volume") == []
+
+
+# -- sandbox spawn --headless --------------------------------------------------------------------------------
+@dataclass
+class HostRemote:
+    """A git server on this host, on the gateway of an agents' network (ICC off, as `sandbox` makes it)."""
+
+    network: str
+    url: str
+    srv: Path
+    token_file: Path
+
+    def git(self, *args: str) -> str:
+        return git(self.srv / "app.git", *args)
+
+
+@pytest.fixture
+def host_remote(tmp_path: Path) -> Iterator[HostRemote]:
+    seed = make_repo(tmp_path / "seed")
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    subprocess.run(["git", "clone", "-q", "--bare", str(seed), str(srv / "app.git")], check=True)
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    network = f"sbx-hs-{uuid.uuid4().hex[:8]}"
+    docker("network", "create", "--label", "sandbox.managed=1", "--label", f"sandbox.run-id={RUN_ID}",
+           "-o", "com.docker.network.bridge.enable_icc=false", network)
+    server = None
+    try:
+        gateway = docker("network", "inspect", "-f", "{{(index .IPAM.Config 0).Gateway}}", network).stdout.strip()
+        server = subprocess.Popen(["python3", str(ROOT / "tests" / "gitserver.py"), str(srv), f"{gateway}:0",
+                                   str(token_file)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = server.stdout.readline() if server.stdout else ""
+        assert "serving" in line, line
+        yield HostRemote(network, f"http://{gateway}:{line.split()[-1]}/app.git", srv, token_file)
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(10)
+        ids = docker("ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}", "--filter", f"network={network}"
+                     ).stdout.split()
+        if ids:
+            docker("rm", "-f", "-v", *ids, check=False)
+        docker("network", "rm", network, check=False)
+
+
+def test_spawn_headless_runs_the_same_mode_on_the_local_engine(env: Env, host_remote: HostRemote, tmp_path: Path) -> None:
+    extra = {"SANDBOX_NETWORK": host_remote.network}
+    nowhere = tmp_path / "not-a-repo"
+    nowhere.mkdir()
+    res = env.ok("spawn", "--headless", "--repo-url", host_remote.url, "--git-token-file", str(host_remote.token_file),
+                 "--name", "hl-1", "fix the flaky test", cwd=nowhere, extra=extra)
+    assert res.out.strip() == "hl-1" and f"sandbox/hl-1 to {host_remote.url}" in res.err
+    env.ok("wait", "hl-1", "--until", "exited", "--timeout", "90", extra=extra)
+    assert host_remote.git("log", "-1", "--format=%s", "sandbox/hl-1").strip() == "sandbox: fix the flaky test"
+    (row,) = [r for r in env.ok("ls", "--all", "--json", extra=extra).json() if r["name"] == "hl-1"]
+    assert (row["mode"], row["worktree"], row["state"], row["exit_code"]) == ("headless", None, "exited", 0)
+    assert row["branch"] == "sandbox/hl-1" and row["repo"] == host_remote.url
+    info = json.loads(docker("inspect", "sandbox-hl-1").stdout)[0]
+    assert info["HostConfig"]["ReadonlyRootfs"] and info["HostConfig"]["RestartPolicy"]["Name"] == "no"
+    assert info["State"]["ExitCode"] == 0 and TOKEN not in json.dumps(info)
+    assert "SANDBOX_GIT_TOKEN_FILE=/var/lib/sandbox/git-token" in info["Config"]["Env"]
+    state_dir = env.data / "state" / "hl-1"
+    assert state_dir.is_dir()
+    env.ok("rm", "hl-1", extra=extra)
+    assert docker("inspect", "sandbox-hl-1", check=False).returncode != 0 and not state_dir.exists()
+
+
+def test_spawn_headless_bad_input_leaves_nothing(env: Env, host_remote: HostRemote, tmp_path: Path) -> None:
+    extra = {"SANDBOX_NETWORK": host_remote.network}
+    creds = host_remote.url.replace("http://", "http://user:pw@")
+    res = env.run("spawn", "--headless", "--repo-url", creds, "--name", "hl-bad", "t", extra=extra)
+    assert res.code == 2 and res.err.strip().splitlines() == [
+        "sandbox: error: SANDBOX_REPO must not carry credentials: pass the token as SANDBOX_GIT_TOKEN_FILE"]
+    assert env.run("spawn", "--repo-url", host_remote.url, "t", extra=extra).code == 2  # (needs --headless)
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope\n")
+    res = env.run("spawn", "--headless", "--repo-url", host_remote.url, "--git-token-file", str(wrong),
+                  "--name", "hl-denied", "t", extra=extra)
+    assert res.code == 8, res.err
+    assert res.err.strip().splitlines() == [f"sandbox: error: agent hl-denied did not start: the remote "
+                                            f"{host_remote.url} refused the credentials (check SANDBOX_GIT_TOKEN_FILE)"]
+    left = docker("ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}", "--filter", "label=sandbox.mode=headless"
+                  ).stdout.split()
+    assert left == [] and not (env.data / "state" / "hl-denied").exists() and not (env.data / "state" / "hl-bad").exists()

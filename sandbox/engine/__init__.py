@@ -334,7 +334,9 @@ class Engine:
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "pids_limit": spec.limits.pids,
-            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": spec.restart_retries},
+            # (0: no restarts — Docker reads on-failure with a count of 0 as "without limit")
+            "restart_policy": ({"Name": "on-failure", "MaximumRetryCount": spec.restart_retries}
+                               if spec.restart_retries > 0 else {"Name": "no"}),
         }
         if spec.limits.memory:
             host_config["mem_limit"] = spec.limits.memory

@@ -107,11 +107,13 @@ def _number(env: dict[str, str], name: str, default: str, kind: type = int) -> A
 
 
 def _writable(path: str) -> bool:
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(path, os.W_OK | os.X_OK)
+    """Can this uid make ``path`` (or write in it)? Asked of its nearest existing ancestor; nothing made."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path.rstrip("/")) or "/"
+        if parent == path:
+            break
+        path = parent
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def read_tasks(path: str) -> list[str]:
@@ -138,7 +140,11 @@ def read_tasks(path: str) -> list[str]:
 def claim(claims: str, count: int, me: str) -> int:
     """The first task of ``count`` no other replica claimed (a file per task, created exclusively, in
     a directory the replicas share); the one this container claimed before, after a restart."""
-    if not _writable(claims):
+    try:
+        os.makedirs(claims, exist_ok=True)
+    except OSError:
+        pass
+    if not (os.path.isdir(claims) and os.access(claims, os.W_OK | os.X_OK)):
         raise Failure(CONFIG, f"SANDBOX_TASK_CLAIMS: {claims} is not a writable directory")
     for i in range(count):
         path = os.path.join(claims, f"task-{i}")
@@ -531,6 +537,7 @@ class Headless(I.Supervisor):
         log(f"{reason}: exit {self.result}" + (" (staying up: SANDBOX_ON_DONE=stay)" if self.cfg.on_done == "stay"
                                                 else ""))
         if self.cfg.on_done == "exit":
+            _state(C.EXITED if self.result == OK else C.FAILED, exit_code=self.result, reason=reason)
             raise _End(self.result)
 
     def terminated(self, started: float) -> int:
@@ -552,6 +559,14 @@ class Headless(I.Supervisor):
         STATUS.update(state="stopped", exit_code=code)
         log(f"stopped by SIGTERM: exit {code} after {time.monotonic() - started:.1f} s")
         return code
+
+
+def _state(state: str, **fields: Any) -> None:
+    """The end in the state file, for `sandbox ls` (never fatal: there may be nowhere to write it)."""
+    try:
+        I.write_state(state, **fields)
+    except OSError:
+        pass
 
 
 def main() -> int:
@@ -595,6 +610,7 @@ def main() -> int:
         return e.code
     except Failure as e:
         STATUS.update(state="failed", exit_code=e.code, reason=str(e))
+        _state(C.FAILED, exit_code=e.code, reason=str(e))
         log(f"error: {e}")
         return e.code
     except Terminated:  # a second signal while handling the first: never 137

@@ -689,6 +689,10 @@ class SandboxManager(Generic[SettingsT]):
         return gitops.Repo(top=Path(sb.repo), common_dir=Path(sb.labels[L.GITDIR]))
 
     def source(self, sb: Sandbox) -> Source:
+        if sb.headless:
+            raise UsageError(f"agent {sb.name} is headless: its work is in branch {sb.branch or '?'} of "
+                             f"{sb.labels.get(L.REMOTE) or 'its remote'}, not on this host",
+                             hint="fetch that branch from the remote")
         uid = int(sb.labels.get(L.UID) or 0) or self.settings.uid_gid()[0]
         return Source(name=sb.name, repo=self.repo_of(sb), branch=sb.branch, workspace=sb.worktree,
                       agent_git=sb.agent_git, uid=uid, image=sb.image_id or self.settings.image,

@@ -407,3 +407,24 @@ def test_spawn_headless_bad_input_leaves_nothing(env: Env, host_remote: HostRemo
     left = docker("ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}", "--filter", "label=sandbox.mode=headless"
                   ).stdout.split()
     assert left == [] and not (env.data / "state" / "hl-denied").exists() and not (env.data / "state" / "hl-bad").exists()
+
+
+def test_time_limit_pushes_work_in_progress_and_exits_6(run_agent, remote: Remote) -> None:
+    agent = run_agent("sandbox/limited", "a slow task", script="slow.json",
+                      extra={"SANDBOX_MAX_TIME": "12", "SANDBOX_WIP_INTERVAL": "1"})
+    assert agent.wait_exit(90) == 6, agent.logs()
+    logs = agent.logs()
+    assert "(work in progress)" in logs and "max-time 12s reached: exit 6" in logs
+    assert remote.git("show", "sandbox/limited:progress.txt") == "half done\n"
+
+
+def test_any_agent_command_its_exit_is_the_result(run_agent, remote: Remote) -> None:
+    commit = "sh -c 'echo done > done.txt && git add done.txt && git commit -qm \"by a script\"'"
+    ok = run_agent("sandbox/script", "typed into it", extra={"SANDBOX_AGENT_CMD": commit})
+    assert ok.wait_exit(60) == 0, ok.logs()
+    assert remote.git("log", "-1", "--format=%s", "sandbox/script").strip() == "by a script"
+    failing = run_agent("sandbox/failing", "t", extra={"SANDBOX_AGENT_CMD": "sh -c 'echo wip > wip.txt; exit 3'",
+                                                         "SANDBOX_RETRIES": "1"})
+    assert failing.wait_exit(60) == 5, failing.logs()
+    assert "gave up after 2 failed attempts (last exit 3): exit 5" in failing.logs()
+    assert remote.git("show", "sandbox/failing:wip.txt") == "wip\n"  # what it left is pushed as WIP

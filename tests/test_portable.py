@@ -199,3 +199,15 @@ def test_contract_documents_every_variable_and_exit_code() -> None:
     assert all(re.fullmatch(r"[A-Z][A-Z0-9_]+", n) for n in NAMES)
     codes = {H.OK, H.CONFIG, H.REMOTE, H.PUSH, H.AGENT_FAILED, H.TIME_LIMIT, H.STOPPED, H.INTERNAL}
     assert codes == set(contract.HEADLESS_EXIT) and 137 not in codes
+
+
+def test_readme_documents_the_headless_contract() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Run anywhere"):readme.index("## Offline model")]
+    for heading in ("### Plain docker", "### Compose", "### Cloud Run Jobs", "sandbox spawn --headless"):
+        assert heading in section
+    for var in contract.HEADLESS_ENV:
+        assert f"`{var.name}`" in section, var.name
+    for code, meaning in contract.HEADLESS_EXIT.items():
+        assert f"| {code} | {meaning} |" in section, code
+    assert "docker compose up -d --scale agent=3" in section and "sandbox attach compose-agent-2" in section

@@ -337,7 +337,8 @@ class Supervisor:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
                  "-c", self.launch.workdir, "--", *argv)
         if self.launch.delivery == "type" and self.launch.task:
-            tmux(*C.tmux_paste(target, self.launch.task, buffer="sandbox-task"))
+            # (not checked: an agent that ended at once has no pane to type into; the loop sees it end)
+            tmux(*C.tmux_paste(target, self.launch.task, buffer="sandbox-task"), check=False)
 
     def on_exit(self, code: int) -> float | None:
         """The agent's process ended: a delay before restarting it, or None to stay down."""

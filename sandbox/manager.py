@@ -52,6 +52,7 @@ class Sandbox:
     status: str                        # the engine's human status ("Up 3 minutes (healthy)")
     agent_state: dict[str, Any] = field(default_factory=dict)
     image_id: str = ""
+    container_created: float = 0.0     # epoch seconds (the engine's): the age of a container without the label
 
     @property
     def session(self) -> str:
@@ -129,7 +130,9 @@ class Sandbox:
     @property
     def created(self) -> datetime | None:
         raw = self.labels.get(L.CREATED)
-        return datetime.fromisoformat(raw) if raw else None
+        if raw:
+            return datetime.fromisoformat(raw)
+        return datetime.fromtimestamp(self.container_created, timezone.utc) if self.container_created else None
 
     def attach_command(self) -> list[str]:
         return ["docker", "exec", "-it", self.container_name, "tmux", "attach", "-t", self.session]
@@ -225,6 +228,7 @@ class SandboxManager(Generic[SettingsT]):
             status=c.get("Status", ""),
             agent_state=_read_state(lab.get(L.STATE_DIR)),
             image_id=str(c.get("ImageID") or ""),
+            container_created=float(c.get("Created") or 0),
         )
 
     def list(self, repo: Path | None = None, *, exec_state: bool = False, sync: bool = True,

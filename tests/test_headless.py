@@ -132,8 +132,8 @@ def run_agent(remote: Remote) -> Iterator:
     made: list[str] = []
 
     def run(branch: str, task: str | None = "fix the flaky test", *, token: str = "token", extra: dict[str, str] | None = None,
-            script: str | None = None) -> Agent:
-        uid = random.randint(20000, 60000)
+            script: str | None = None, uid: int | None = None) -> Agent:
+        uid = random.randint(20000, 60000) if uid is None else uid
         name = f"sbx-hl-agent-{uuid.uuid4().hex[:8]}"
         env = {"SANDBOX_REPO": remote.url(), "SANDBOX_PUSH_BRANCH": branch, "SANDBOX_GIT_TOKEN_FILE": f"/files/{token}",
                "SANDBOX_MOCK_MODEL": "1", "PORT": str(PORT), **({"SANDBOX_TASK": task} if task else {}), **(extra or {})}
@@ -246,6 +246,10 @@ def test_bad_configuration_exits_2(run_agent, remote: Remote) -> None:
     assert agent.logs().strip().splitlines()[-1] == ("sandbox headless: error: SANDBOX_REPO must not carry "
                                                      "credentials: pass the token as SANDBOX_GIT_TOKEN_FILE")
     assert "pw" not in agent.logs().replace("push", "")
+    root = run_agent("sandbox/root", uid=0)
+    assert root.wait_exit(30) == 2
+    assert root.logs().strip().splitlines() == [
+        "sandbox headless: error: the agent never runs as root: run the image as a non-root uid (--user)"]
 
 
 def test_cloud_run_task_index_picks_a_task_of_the_list(run_agent, remote: Remote) -> None:

@@ -584,6 +584,8 @@ def main() -> int:
     sup: Headless | None = None
     try:
         try:
+            if os.getuid() == 0:  # (Claude Code refuses to skip permissions as root; so do we, for every agent)
+                raise Failure(CONFIG, "the agent never runs as root: run the image as a non-root uid (--user)")
             cfg = configure(dict(os.environ))
             STATUS.update(state="cloning", name=cfg.name, branch=cfg.branch, attempt=cfg.attempt,
                           task_index=cfg.index, last_push=None, pushes=0)

@@ -103,8 +103,10 @@ def test_compose_file() -> None:
     assert any(t.startswith(contract.STATE_MOUNT) for t in agent["tmpfs"]), "sandbox ls reads the state there"
     assert agent["cap_drop"] == ["ALL"] and agent["mem_limit"] and agent["restart"] == "no"
     env = {k: v for k, v in agent["environment"].items()}
-    mounts = [v.split("}:", 1)[1].split(":")[0] for v in agent["volumes"] if v.startswith("${")]  # (host files)
-    check_env(env, [os.path.dirname(m) for m in mounts if m.startswith("/run/secrets/")])
+    assert set(agent["secrets"]) == set(compose["secrets"]) and all("file" in v for v in compose["secrets"].values())
+    check_env(env, ["/run/secrets"])  # (Compose mounts each secret at /run/secrets/NAME)
+    for name in ("SANDBOX_TASKS_FILE", "SANDBOX_GIT_TOKEN_FILE", "ANTHROPIC_API_KEY_FILE"):
+        assert env[name].removeprefix("/run/secrets/") in agent["secrets"], name
     assert env["SANDBOX_TASK_CLAIMS"] == "/var/lib/sandbox-claims" and "{index}" in env["SANDBOX_PUSH_BRANCH"]
     labels = agent["labels"]
     assert labels[L.MANAGED] == "1" and labels[L.SCHEMA_KEY] == L.SCHEMA and labels[L.MODE] == L.HEADLESS

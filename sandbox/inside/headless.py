@@ -464,13 +464,18 @@ class Headless(I.Supervisor):
         head = self.git.out("rev-parse", "--verify", "HEAD^{commit}")
         index = f"{TMP_ROOT}/wip.index"
         own = os.path.join(self.cfg.workspace, ".git", "index")
-        if os.path.isfile(own) and not os.path.islink(own):
+        tree = None
+        if os.path.isfile(own) and not os.path.islink(own):  # its stat data spares rehashing every file
             with open(own, "rb") as src, open(index, "wb") as dst:
                 dst.write(src.read())
-        else:
+            if self.git.run("add", "--all", "--ignore-errors", "--", ".", index=index, check=False).returncode == 0:
+                tree = self.git.run("write-tree", index=index, check=False).stdout.strip() or None
+        if tree is None:  # no index, or one caught mid-write: from HEAD's tree
+            if os.path.exists(index):
+                os.unlink(index)
             self.git.run("read-tree", head, index=index)
-        self.git.run("add", "--all", "--ignore-errors", "--", ".", index=index, check=False)
-        tree = self.git.out("write-tree", index=index)
+            self.git.run("add", "--all", "--ignore-errors", "--", ".", index=index, check=False)
+            tree = self.git.out("write-tree", index=index)
         if tree == self.git.out("rev-parse", f"{head}^{{tree}}"):
             return head
         if self.remote and self.git.out("log", "-1", "--format=%T %P", self.remote, check=False) == f"{tree} {head}":
@@ -552,7 +557,7 @@ class Headless(I.Supervisor):
             while time.monotonic() < deadline and not (I._pane(self.session) or {"dead": True})["dead"]:
                 time.sleep(0.05)
         if self.result is None:
-            I.write_state(C.STOPPED, reason="stopped (SIGTERM)")
+            _state(C.STOPPED, reason="stopped (SIGTERM)")
         left = TERM_BUDGET - (time.monotonic() - started)
         ok = self.push_now("stopped", timeout=max(1.0, left))
         code = (self.result if self.result is not None else STOPPED) if ok else PUSH
@@ -619,6 +624,11 @@ def main() -> int:
         return STOPPED
     except Exception as e:  # noqa: BLE001 - the one boundary: one line, never a traceback with secrets
         log(f"internal error: {type(e).__name__}: {clean(str(e))}")
+        if sup is not None:  # no work lost on this path either
+            try:
+                sup.push_now("ended by an internal error", timeout=TERM_BUDGET)
+            except BaseException:  # noqa: BLE001 - best effort, then the documented code
+                pass
         return INTERNAL
     finally:
         if sup is not None:

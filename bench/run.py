@@ -206,6 +206,22 @@ class Bench:
         self.record("spawn_raw_s", median(raw))
         self.raw_names = raw_names
 
+    def isolated_spawns(self) -> None:
+        """The isolated profile (its network and two proxies first) beside the default one, interleaved."""
+        if subprocess.run(["docker", "image", "inspect", "sandbox-proxy:bookworm"], capture_output=True).returncode:
+            self.notes.append("isolated spawn skipped: no sandbox-proxy:bookworm (`sandbox image build --proxy`)")
+            return
+        print(f"spawn until ready, shell agent, isolated vs default profile, x{self.reps}", flush=True)
+        iso, default = [], []
+        for i in range(self.reps):
+            for profile, out in (("isolated", iso), ("default", default)):
+                name = f"p{profile[0]}{i + 1}"
+                dt, _ = self.cli("spawn", "--agent-cmd", "bash", "--name", name, "--profile", profile)
+                out.append(dt)
+                self.cli("rm", "--force", name, check=False)
+        self.record("spawn_isolated_s", median(iso))
+        self.record("spawn_default_s", median(default))
+
     def fill(self, n: int, timings: list[float] | None = None, budget: float | None = None) -> None:
         deadline = time.perf_counter() + budget if budget else None
         while len(self.agents) < n:
@@ -408,6 +424,7 @@ class Bench:
         self.startup()
         self.claude_spawn()
         self.single_spawns()              # reps agents
+        self.isolated_spawns()            # (removed again)
         self.fill(5)
         self.ls(5)
         self.send_logs()
@@ -564,6 +581,8 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         row(f"spawn p95 while going to {r.get('ls_top', 100)} agents", p95, r.get("spawn_s"), "≤ 2× single spawn",
             le(ratio(p95, r.get("spawn_s")), 2))
     row("spawn until ready, Claude Code + scripted model", r.get("claude_spawn_s"), None, "(none)", None)
+    row("spawn until ready, shell agent, `--profile isolated` (vs default, same run)", r.get("spawn_isolated_s"),
+        r.get("spawn_default_s"), "(none)", None)
     return rows
 
 

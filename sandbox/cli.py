@@ -172,7 +172,9 @@ def spawn(
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Agent name (default <model>-<n>).")] = None,
     base: Annotated[Optional[str], typer.Option("--base", help="Start the branch from this revision (default HEAD).")] = None,
     repo: RepoOpt = None,
-    profile: Annotated[Optional[str], typer.Option("--profile", help="default, or locked (no network, read-only root).")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="default, locked (no network, read-only root) or isolated (the model and --allow hosts only, through proxies; the key stays outside).")] = None,
+    allow: Annotated[Optional[list[str]], typer.Option("--allow", help="Isolated profile: also reach this host, *.domain, host:port or preset (pypi, npm, crates, debian, github); repeatable, adds to `allow` in config.")] = None,
+    runtime: Annotated[Optional[str], typer.Option("--runtime", help="OCI runtime the engine knows (e.g. runsc); refused when it has none of that name.")] = None,
     image: Annotated[Optional[str], typer.Option("--image", help="Agent image (default sandbox-agent:latest).")] = None,
     mock_model: Annotated[Optional[str], typer.Option("--mock-model", help="auto (default: when no API key is set), on, off.")] = None,
     mock_script: Annotated[Optional[Path], typer.Option("--mock-script", help="JSON script for the mock model.")] = None,
@@ -216,7 +218,14 @@ def spawn(
              f"  attach:   {' '.join(sb.attach_command())}   (or: sandbox attach {sb.name})")
         return
     mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model, retries=retries,
-                   max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout)
+                   max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout, runtime=runtime)
+    if allow:
+        from sandbox.config import settings_from
+
+        if mgr.settings.profile != "isolated":
+            raise UsageError("--allow is for the isolated profile (the others do not filter the network)",
+                             hint="add --profile isolated")
+        mgr.settings = settings_from({}, {**mgr.settings.model_dump(), "allow": [*mgr.settings.allow, *allow]})
     say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
     sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
                    mock_script=script, wait_ready=not no_wait, on_step=say, queue=queue)
@@ -260,6 +269,8 @@ def ls(
         state = s.state + (f"({s.exit_code})" if s.state in ("exited", "failed") and s.exit_code is not None else "")
         active = _age(datetime.fromtimestamp(s.activity, timezone.utc)) if s.activity else "-"
         note = s.reason if s.state in ("starting", "stopped", "failed", "exited", "waiting") and s.reason else s.task
+        if s.pressure and s.pressure.describe():
+            note = f"[{s.pressure.describe()}] {note}"
         repo_col = Path(s.repo).name if s.repo else s.labels.get("sandbox.remote", "").rstrip("/").rsplit("/", 1)[-1]
         rows.append([s.name, am, state, str(s.attempt or "-"), active, s.branch, repo_col, _age(s.created), note])
     width = shutil.get_terminal_size((120, 20)).columns
@@ -365,7 +376,7 @@ def exec_(
 @app.command()
 def doctor(
     name: str,
-    as_profile: Annotated[Optional[str], typer.Option("--as", help="Judge against this profile instead of the agent's own.")] = None,
+    as_profile: Annotated[Optional[str], typer.Option("--as", help="Judge against this profile (default, locked, isolated) instead of the agent's own.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
 ) -> None:
     """Prove the agent's profile from inside its live container: one line per property; exit 1 if any fails.
@@ -373,12 +384,14 @@ def doctor(
     Example: sandbox doctor sonnet-1
     """
     from sandbox import contract
-    from sandbox.doctor import judge
+    from sandbox.doctor import judge, probe_plan
     from sandbox.errors import AgentError
 
     mgr = _reader()[1]
     sb = mgr.require_running(name)
-    res = mgr.read_in(sb, [*contract.FACTS, str(sb.worktree)])
+    profile = as_profile or sb.labels.get("sandbox.profile", "default")
+    probe = ["--probe", json.dumps(probe_plan(mgr, sb))] if profile == "isolated" else []
+    res = mgr.read_in(sb, [*contract.FACTS, str(sb.worktree), *probe])
     try:
         facts = json.loads(res.text)
     except ValueError:
@@ -386,7 +399,6 @@ def doctor(
     if res.exit_code != 0 or not isinstance(facts, dict):
         raise AgentError(f"cannot read {name}'s container facts (exit {res.exit_code})",
                          hint="is its image older than this sandbox? `sandbox image build`")
-    profile = as_profile or sb.labels.get("sandbox.profile", "default")
     checks = judge(facts, profile, str(sb.worktree))
     if as_json:
         typer.echo(json.dumps([{"check": c.name, "ok": c.ok, "seen": c.seen} for c in checks], indent=2))
@@ -395,6 +407,34 @@ def doctor(
             typer.echo(f"{'ok  ' if c.ok else 'FAIL'}  {c.name}  ({for_stream(c.seen)})")
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+@app.command()
+def netlog(
+    name: str,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+) -> None:
+    """Every connection an isolated agent tried, from its proxies: time, host:port, allowed/denied, bytes.
+
+    Example: sandbox netlog sonnet-1
+    """
+    mgr = _reader()[1]
+    sb = mgr.get(name)
+    if sb.labels.get("sandbox.profile") != "isolated":
+        raise UsageError(f"{name} is not isolated: only the isolated profile's traffic goes through proxies",
+                         hint="spawn with --profile isolated")
+    records = mgr.netlog(sb)
+    if as_json:
+        typer.echo(json.dumps([r.as_dict() for r in records], indent=2))
+        return
+    rows = [["TIME", "PROXY", "METHOD", "HOST:PORT", "DECISION", "STATUS", "CODE", "SENT", "RECEIVED"]]
+    for r in records:
+        when = datetime.fromtimestamp(r.time, timezone.utc).strftime("%H:%M:%S")
+        where = r.host + (f":{r.port}" if r.port else "")
+        rows.append([when, r.proxy, r.method, where, r.decision, r.status, str(r.code), str(r.bytes_in), str(r.bytes_out)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        typer.echo(for_stream("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()))
 
 
 @app.command()
@@ -609,18 +649,22 @@ def image_build(
     offline: Annotated[bool, typer.Option("--offline/--online", help="Offline: base from Debian packages with debootstrap (default). Online: FROM --base.")] = True,
     base: Annotated[Optional[str], typer.Option("--base", help="Base image for --online (default debian:bookworm-slim).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even when up to date.")] = False,
+    with_proxy: Annotated[bool, typer.Option("--proxy", help="Also the isolated profile's proxy image (nginx + squid, offline).")] = False,
 ) -> None:
     """Build the agent image (reused when its inputs did not change).
 
-    Example: sandbox image build --offline
+    Example: sandbox image build --offline --proxy
     """
-    from sandbox import image
+    from sandbox import image, proxy
     from sandbox.config import load_settings
     from sandbox.engine import Engine
 
     settings = load_settings()
-    image_id = image.build_agent(Engine(), settings, offline=offline, base=base, force=force, on_line=_err)
+    engine = Engine()
+    image_id = image.build_agent(engine, settings, offline=offline, base=base, force=force, on_line=_err)
     typer.echo(f"{settings.image} {image_id[:19]}")
+    if with_proxy:
+        typer.echo(f"{proxy.IMAGE} {image.build_proxy(engine, proxy.IMAGE, force=force, on_line=_err)[:19]}")
 
 
 @image_app.command("status")

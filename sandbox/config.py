@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     cache_dir: Path = Field(default_factory=lambda: xdg_dir("XDG_CACHE_HOME", ".cache") / "sandbox")
     agent: str = "claude"
     model: str | None = None
-    profile: Literal["default", "locked"] = "default"
+    profile: Literal["default", "locked", "isolated"] = "default"
     agent_uid: int | None = None
     agent_gid: int | None = None
     mock_model: Literal["auto", "on", "off"] = "auto"
@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     cpus: float = Field(default=2.0, ge=0)         # 0 = unlimited
     pids_limit: int = 1024
     network: str = "sandbox-net"                   # default profile: a bridge of our own, no agent-to-agent traffic
+    nofile: int = Field(default=4096, ge=64)       # open files per process (soft = hard limit)
+    runtime: str | None = None                     # an OCI runtime the engine knows (e.g. runsc); spawn fails closed
+    # Isolated profile (README "Profiles"): the model through a key-injecting proxy, the allowlist through another
+    allow: list[str] = Field(default_factory=list)  # hosts, *.domains, host:port, presets (pypi npm crates debian github)
+    model_upstream: str | None = None              # the model API (default: $ANTHROPIC_BASE_URL, else Anthropic's)
+    egress_network: str | None = None              # the bridge the proxies reach out through (default: `network`)
     run_id: str | None = None
     # Supervision (see README "States"): restarts of a failing agent, capacity, time limits.
     retries: int = Field(default=3, ge=0)          # restarts after a non-zero exit; then `failed`
@@ -102,6 +108,31 @@ class Settings(BaseSettings):
         if memory_bytes(text) is None:
             raise ValueError(f"memory must be a size like 4g, 512m or 0 (unlimited), not {text!r}")
         return text
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _check_allow(cls, value: Any) -> list[str]:
+        from sandbox import proxy
+
+        entries = [value] if isinstance(value, str) else list(value or [])
+        proxy.parse_allow(entries)  # ProxyConfigError is a ValueError: one line through UsageError
+        return [str(e).strip() for e in entries]
+
+    @field_validator("model_upstream")
+    @classmethod
+    def _check_upstream(cls, value: str | None) -> str | None:
+        from sandbox import proxy
+
+        if value is not None:
+            proxy.parse_upstream(value)
+        return value
+
+    @field_validator("runtime")
+    @classmethod
+    def _check_runtime(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", value):
+            raise ValueError(f"runtime must be an OCI runtime name like runsc, not {value!r}")
+        return value or None
 
     def memory_limit(self) -> int:
         """The memory limit in bytes; 0 = unlimited."""
@@ -157,4 +188,4 @@ def settings_from(files: dict[str, Any], flags: dict[str, Any]) -> Settings:
 def _describe(err: Any) -> str:
     """``retries=-1: Input should be greater than or equal to 0`` (the value, never a secret: settings hold none)."""
     where = ".".join(str(part) for part in err.get("loc", ())) or "?"
-    return f"{where}={err.get('input')!r}: {err.get('msg', 'invalid')}"
+    return f"{where}={err.get('input')!r}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"

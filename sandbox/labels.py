@@ -33,6 +33,10 @@ RUN_ID = PREFIX + "run-id"        # optional: stamps everything a test run creat
 RETRIES = PREFIX + "retries"      # restarts allowed after a non-zero exit (supervision)
 MAX_TIME = PREFIX + "max-time"    # wall-clock limit in seconds ("" = none)
 IDLE_TIMEOUT = PREFIX + "idle-timeout"  # idle limit in seconds ("" = none)
+ALLOW = PREFIX + "allow"          # isolated profile: the egress allowlist, comma-separated
+# On an isolated agent's proxies and internal network (never sandbox.managed: they are not agents)
+PROXY_OF = PREFIX + "proxy-of"    # the agent's name
+PROXY_ROLE = PREFIX + "proxy-role"  # "model", "egress" or "network"
 MODE = PREFIX + "mode"            # "headless": the image alone (no host workspace; work in the pushed branch)
 REMOTE = PREFIX + "remote"        # headless: the repository it clones and pushes to (no credentials)
 HEADLESS = "headless"

@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, contract, labels as L
+from sandbox import agentfiles, cgroups, contract, labels as L
+from sandbox.cgroups import Pressure
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
 from sandbox.engine import Engine
@@ -52,6 +53,7 @@ class Sandbox:
     status: str                        # the engine's human status ("Up 3 minutes (healthy)")
     agent_state: dict[str, Any] = field(default_factory=dict)
     image_id: str = ""
+    pressure: Pressure | None = None   # the kernel's OOM kills / refused forks (running, local engine)
     container_created: float = 0.0     # epoch seconds (the engine's): the age of a container without the label
 
     @property
@@ -162,6 +164,9 @@ class Sandbox:
             "task": self.task,
             "session": self.session,
             "attach": " ".join(self.attach_command()),
+            "oom_kills": self.pressure.oom_kills if self.pressure else None,
+            "pids_limit_hits": self.pressure.pids_refused if self.pressure else None,
+            "profile": self.labels.get(L.PROFILE, "default"),
             "agent_state": self.agent_state,
             "labels": self.labels,
         }
@@ -228,6 +233,7 @@ class SandboxManager(Generic[SettingsT]):
             status=c.get("Status", ""),
             agent_state=_read_state(lab.get(L.STATE_DIR)),
             image_id=str(c.get("ImageID") or ""),
+            pressure=cgroups.pressure(str(c["Id"])) if c.get("State") == "running" else None,
             container_created=float(c.get("Created") or 0),
         )
 
@@ -467,8 +473,12 @@ class SandboxManager(Generic[SettingsT]):
             retry_backoff=s.retry_backoff, max_time=s.max_time, idle_timeout=s.idle_timeout,
             memory=s.memory_limit(), nano_cpus=int(s.cpus * 1e9) if s.cpus else 0, pids_limit=s.pids_limit,
             network=s.network, run_id=s.run_id, use_mock=use_mock, mock_script=mock_script,
-            git_identity=self._git_identity(repo), secrets=secrets)
+            git_identity=self._git_identity(repo), secrets=secrets, nofile=s.nofile, runtime=s.runtime,
+            allow=tuple(s.allow), model_upstream=s.model_upstream, egress_network=s.egress_network)
         container = spec_.build(req, ws)
+        if s.runtime and s.runtime not in (known := self.engine.runtimes()):
+            raise UsageError(f"the engine has no runtime {s.runtime!r} (it has: {', '.join(known) or 'none'})",
+                             hint="install and register it with the engine (daemon.json `runtimes`), or unset runtime")
 
         with ExitStack() as undo:
             step(f"workspace {worktree} on branch {branch}")
@@ -506,7 +516,9 @@ class SandboxManager(Generic[SettingsT]):
     def _run(self: SandboxManager[Settings], container: spec_.ContainerSpec, undo: ExitStack, slot: capacity.Slot) -> str:
         """Spawn, second half: create what the spec says, copy the launch files in, start it."""
         network_id = None
-        if not container.network.disabled:
+        if container.isolation is not None:
+            network_id = self._isolate(container, undo)
+        elif not container.network.disabled:
             network_id = self.engine.ensure_network(container.network.name, {L.MANAGED: "1"},
                                                     icc=not container.network.isolated)
         try:
@@ -520,6 +532,93 @@ class SandboxManager(Generic[SettingsT]):
         self.engine.start(cid)
         slot.release()  # the new agent is `starting` now: it counts itself
         return cid
+
+    def _isolate(self, container: spec_.ContainerSpec, undo: ExitStack) -> str:
+        """The isolated profile's network and proxies, made and started before the agent (each undone
+        on failure); the id of the agent's internal network. The real key goes only into the model
+        proxy, as a file copied in before it starts."""
+        from sandbox import proxy, spec as spec_
+
+        iso = container.isolation
+        assert iso is not None
+        image = self.engine.image_id(proxy.IMAGE)
+        if image is None:
+            raise ImageMissing(f"proxy image {proxy.IMAGE} is not built (the isolated profile needs it)",
+                               hint="run `sandbox image build --proxy`")
+        outside = self.engine.ensure_network(iso.egress_network, {L.MANAGED: "1"}) \
+            if iso.egress_network == self.settings.network else iso.egress_network
+        network_id, subnet = self.engine.create_internal_network(iso.network, {**iso.labels, L.PROXY_ROLE: "network"})
+        undo.callback(self.engine.remove_network, network_id)
+        wanted = [("egress", proxy.egress_proxy(iso.allow, clients=[subnet]), spec_.EGRESS_PROXY_HOST)]
+        if iso.model is not None:
+            upstream, credential = iso.model
+            wanted.append(("model", proxy.model_proxy(upstream, credential, clients=[subnet]), spec_.MODEL_PROXY_HOST))
+        name_of = {role: iso.proxy_name(container.name, role) for role, _, _ in wanted}
+        for role in name_of:  # (by name: a proxy whose create raised after taking effect goes too)
+            undo.callback(self.engine.remove, name_of[role])
+
+        def make(role: str, pc: proxy.ProxyContainer, alias: str) -> None:
+            cid = self.engine.create_proxy(pc, name=name_of[role], image=image, labels={**iso.labels, L.PROXY_ROLE: role},
+                                           network=iso.network, alias=alias, outside=outside, runtime=container.runtime)
+            self.engine.put_archive(cid, proxy.CONF_DIR, pc.archive())
+            self.engine.start(cid)
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(wanted)) as pool:  # the two proxies side by side
+            for done in [pool.submit(make, *w) for w in wanted]:
+                done.result()
+        return network_id
+
+    def proxies(self, name: str) -> list[dict[str, Any]]:
+        """An isolated agent's proxy containers (none for other profiles), by label."""
+        return self.engine.list_containers([f"{L.PROXY_OF}={name}"])
+
+    def orphan_candidates(self) -> list[dict[str, Any]]:
+        """Every isolated agent's proxy containers and networks (of this run id, if one is set)."""
+        filters = [L.PROXY_OF, *([f"{L.RUN_ID}={self.settings.run_id}"] if self.settings.run_id else [])]
+        return [*self.engine.list_containers(filters),
+                *({"Labels": n.get("Labels") or {}, "Created": n.get("Created")}
+                  for n in self.engine.list_networks(filters))]
+
+    def drop_isolation(self, name: str) -> None:
+        """Remove an agent's proxies (their anonymous volume holds the key: removed with them) and its
+        internal network; gone already is fine."""
+        for c in self.proxies(name):
+            self.engine.remove(str(c["Id"]), force=True)
+        for net in self.engine.list_networks([f"{L.PROXY_OF}={name}"]):
+            self.engine.remove_network(str(net["Id"]))
+
+    def gateways(self, sb: Sandbox) -> list[str]:
+        """``gateway:443`` of every network the agent and its proxies are on (what doctor probes)."""
+        found: list[str] = []
+        for ref in [sb.container_id, *(str(c["Id"]) for c in self.proxies(sb.name))]:
+            for endpoint in self.engine.networks_of(ref).values():
+                gateway = f"{endpoint.get('Gateway')}:443"
+                if endpoint.get("Gateway") and gateway not in found:
+                    found.append(gateway)
+        return found
+
+    def peer_address(self, sb: Sandbox) -> str | None:
+        """An address of another running agent (what doctor probes), if there is one."""
+        for c in self.engine.list_containers(L.managed_filter(), all=False):
+            if c["Id"] == sb.container_id:
+                continue
+            for endpoint in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values():
+                if endpoint.get("IPAddress"):
+                    return str(endpoint["IPAddress"])
+        return None
+
+    def netlog(self, sb: Sandbox) -> list[Any]:
+        """Every request an isolated agent's proxies saw, oldest first (``sandbox.proxy.NetRecord``);
+        the proxies' own loopback checks left out."""
+        from sandbox import proxy
+
+        records = []
+        for c in self.proxies(sb.name):
+            text = self.engine.logs(str(c["Id"]), tail=None, stderr=False)
+            records += [r for r in proxy.parse_netlog(text) if not r.client.startswith("127.")]
+        return sorted(records, key=lambda r: r.time)
 
     def _secrets(self: SandboxManager[Settings], agent: agents.AgentSpec) -> tuple[dict[str, str], bool]:
         secrets = {k: os.environ[k] for k in self.settings.secret_env if os.environ.get(k)}
@@ -621,12 +720,18 @@ class SandboxManager(Generic[SettingsT]):
         sb = self.get(name)
         if sb.engine_state == "running":
             self.engine.stop(sb.container_id, timeout=timeout)
+        for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
+            if c.get("State") == "running":  # its way out is not needed while it is stopped (start brings it back)
+                self.engine.stop(str(c["Id"]), timeout=2)
         return self.get(name)
 
     def start(self, name: str, wait_ready: bool = True) -> Sandbox:
         sb = self.get(name)
         since = time.time()
         if sb.engine_state != "running":
+            for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
+                if c.get("State") != "running":  # an isolated agent's way out first
+                    self.engine.start(str(c["Id"]))
             self.engine.start(sb.container_id)
             sb = self.get(name)
         else:
@@ -655,7 +760,7 @@ class SandboxManager(Generic[SettingsT]):
         if sb.headless:
             return self._remove_headless(sb, force=force)
         work.check_removable(self, sb, force=force)
-        self.engine.remove(sb.container_id, force=True)
+        self.drop_container(sb)
         gone = replace(sb, engine_state="removed")
         saved, unreadable = work.save_if_at_risk(self, gone)  # the agent is gone: this snapshot is final
         if saved is not None and on_backup is not None:
@@ -786,8 +891,11 @@ class SandboxManager(Generic[SettingsT]):
         return self.engine.exec_retried(sb.container_id, argv)
 
     def drop_container(self, sb: Sandbox) -> None:
-        """Remove the agent's container (gone already is fine); its work must be saved by the caller."""
+        """Remove the agent's container and its proxies and network, if any (gone already is fine); its
+        work must be saved by the caller."""
         self.engine.remove(sb.container_id, force=True)
+        if sb.labels.get(L.PROFILE) == "isolated":
+            self.drop_isolation(sb.name)
 
     def drop_workspace(self, src: Source) -> None:
         """Delete what the agent had on the host (its work must be saved by the caller)."""

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sandbox import __version__, contract, labels as L
+from sandbox import __version__, contract, labels as L, proxy
 from sandbox.agents import AgentSpec
 
 CONTAINER_PREFIX = "sandbox-"
@@ -41,6 +41,7 @@ class Network:
 
     name: str                    # "none", or the bridge's name
     isolated: bool = True        # a bridge without container-to-container traffic (ICC off)
+    internal: bool = False       # no route out and no address for the host (the isolated profile's own)
 
     @property
     def disabled(self) -> bool:
@@ -88,6 +89,9 @@ class ContainerSpec:
     read_only_root: bool = False
     tmpfs: dict[str, str] = field(default_factory=dict)
     volumes: tuple[str, ...] = ()              # anonymous volumes at these paths (removed with it)
+    nofile: int = 4096                         # open files per process
+    runtime: str | None = None                 # OCI runtime (None: the engine's default)
+    isolation: Isolation | None = None         # the isolated profile's proxies (made first by the runner)
 
     def files(self) -> dict[str, tuple[bytes, int]]:
         """What is copied into ``contract.LAUNCH_DIR`` before start: name -> (content, mode)."""
@@ -97,23 +101,80 @@ class ContainerSpec:
         }
 
 
+@dataclass(frozen=True)
+class Isolation:
+    """What an isolated agent needs before it starts: its internal network and the two proxies on it
+    (``sandbox.proxy``), which reach out through ``egress_network``. ``model`` is None when there is
+    no key to inject (the bundled offline model runs inside the agent's container)."""
+
+    network: str                               # the agent's internal network (its own)
+    egress_network: str                        # an ordinary bridge the proxies reach out through
+    allow: tuple[proxy.Allowed, ...]
+    model: tuple[proxy.Upstream, proxy.Credential] | None = field(default=None, repr=False)
+    labels: dict[str, str] = field(default_factory=dict)   # on the network and the proxies
+
+    def proxy_name(self, container: str, role: str) -> str:
+        """``sandbox-NAME.model``: a dot, which no agent name has, so never another agent's name."""
+        return f"{container}.{role}"
+
+
+# The names an isolated agent reaches its proxies by (aliases on its internal network)
+MODEL_PROXY_HOST = "model-proxy"
+EGRESS_PROXY_HOST = "egress-proxy"
+PLACEHOLDER_KEY = "sk-ant-sandbox-placeholder-the-real-key-is-in-the-model-proxy"
+# Which credential the model proxy injects for which variable, in order of preference
+_CREDENTIALS = (("ANTHROPIC_API_KEY", "x-api-key"), ("ANTHROPIC_AUTH_TOKEN", "bearer"),
+                ("CLAUDE_CODE_OAUTH_TOKEN", "bearer"))
+DEFAULT_MODEL_UPSTREAM = "https://api.anthropic.com"
+
+
 # -- profiles: small transformations of a spec ------------------------------------------------------
-def default_profile(spec: ContainerSpec) -> ContainerSpec:
+def default_profile(spec: ContainerSpec, req: Request) -> ContainerSpec:
     """The agents' own bridge network (no agent-to-agent traffic); outbound as the host allows."""
     return spec
 
 
-def locked_profile(spec: ContainerSpec) -> ContainerSpec:
+_READ_ONLY_TMPFS = {"/tmp": "rw,nosuid,nodev,size=512m", "/home/agent": "rw,nosuid,nodev,size=512m,mode=1777"}
+
+
+def locked_profile(spec: ContainerSpec, req: Request) -> ContainerSpec:
     """No network at all, a read-only root: only the workspace, /tmp and $HOME are writable. The launch
     files are copied in before start: an anonymous volume takes them where the read-only root cannot."""
-    return replace(spec, network=Network("none"), read_only_root=True,
-                   tmpfs={"/tmp": "rw,nosuid,nodev,size=512m", "/home/agent": "rw,nosuid,nodev,mode=1777"},
+    return replace(spec, network=Network("none"), read_only_root=True, tmpfs=dict(_READ_ONLY_TMPFS),
                    volumes=(*spec.volumes, contract.LAUNCH_DIR))
 
 
-PROFILES: dict[str, Callable[[ContainerSpec], ContainerSpec]] = {
+def isolated_profile(spec: ContainerSpec, req: Request) -> ContainerSpec:
+    """The locked filesystem, and a network of its own with no way out but two proxies: the model
+    proxy (which holds the real key: the agent gets a placeholder) and the egress proxy (the
+    allowlist, default empty). No secret of the user's goes into the container."""
+    iso_labels = {L.PROXY_OF: req.name, **({L.RUN_ID: req.run_id} if req.run_id else {})}
+    model = None
+    secrets: dict[str, str] = {}
+    for var, kind in _CREDENTIALS:
+        value = req.secrets.get(var)
+        if value and not req.use_mock:
+            upstream = req.model_upstream or req.secrets.get("ANTHROPIC_BASE_URL") or DEFAULT_MODEL_UPSTREAM
+            model = (proxy.parse_upstream(upstream), proxy.Credential(kind, value))
+            secrets = {var: PLACEHOLDER_KEY,
+                       "ANTHROPIC_BASE_URL": f"http://{MODEL_PROXY_HOST}:{proxy.MODEL_PORT}"}
+            break
+    egress = f"http://{EGRESS_PROXY_HOST}:{proxy.EGRESS_PORT}"
+    env = {**spec.env, "HTTPS_PROXY": egress, "HTTP_PROXY": egress, "https_proxy": egress, "http_proxy": egress,
+           "NO_PROXY": f"{MODEL_PROXY_HOST},localhost,127.0.0.1", "no_proxy": f"{MODEL_PROXY_HOST},localhost,127.0.0.1"}
+    allow = proxy.parse_allow(req.allow)
+    labels = {**spec.labels, L.ALLOW: ",".join(str(a) for a in allow)}
+    network = f"{spec.name}.net"
+    return replace(spec, network=Network(network, isolated=False, internal=True), read_only_root=True,
+                   tmpfs=dict(_READ_ONLY_TMPFS), volumes=(*spec.volumes, contract.LAUNCH_DIR), env=env,
+                   labels=labels, secrets=secrets,
+                   isolation=Isolation(network, req.egress_network or req.network, allow, model, iso_labels))
+
+
+PROFILES: dict[str, Callable[[ContainerSpec, Request], ContainerSpec]] = {
     "default": default_profile,
     "locked": locked_profile,
+    "isolated": isolated_profile,
 }
 
 
@@ -148,6 +209,11 @@ class Request:
     mock_script: dict[str, object] | None = None
     git_identity: dict[str, str] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    nofile: int = 4096
+    runtime: str | None = None
+    allow: tuple[str, ...] = ()              # isolated: the egress allowlist (hosts, presets)
+    model_upstream: str | None = None        # isolated: where the model proxy forwards
+    egress_network: str | None = None        # isolated: the proxies' way out (default: ``network``)
 
 
 def labels_for(req: Request, ws: Workspace) -> dict[str, str]:
@@ -217,8 +283,10 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         restart_retries=req.retries + 1,
         launch=launch,
         secrets=dict(req.secrets),
+        nofile=req.nofile,
+        runtime=req.runtime,
     )
-    return PROFILES[req.profile](spec)
+    return PROFILES[req.profile](spec, req)
 
 
 # -- headless: the image alone, configured by its environment (sandbox.inside.headless) -------------------

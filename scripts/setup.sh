@@ -28,4 +28,4 @@ docker info >/dev/null 2>&1 || { echo "the Docker engine is not reachable (is it
 scripts/venv.sh .venv  # the package and its dependencies at the versions of constraints.txt
 
 say "building the agent image (reused when up to date)"
-.venv/bin/sandbox image build --offline
+.venv/bin/sandbox image build --offline --proxy

@@ -48,6 +48,17 @@ def agent_image() -> str:
     return IMAGE
 
 
+@pytest.fixture(scope="session")
+def proxy_image() -> str:
+    """The isolated profile's proxy image, built (or reused) once per session."""
+    if not docker_ok():
+        pytest.fail("the Docker engine is not reachable: the suite needs it")
+    from sandbox import image, proxy
+    from sandbox.engine import Engine
+
+    return image.build_proxy(Engine(), proxy.IMAGE)
+
+
 AGENT_NETWORK = "sandbox-net"  # the default profile's network (Settings.network), made on demand by spawn
 
 
@@ -67,6 +78,10 @@ def reaper() -> Iterator[None]:
                          capture_output=True, text=True).stdout.split()
     if ids:
         subprocess.run(["docker", "rm", "-f", "-v", *ids], capture_output=True)
+    nets = subprocess.run(["docker", "network", "ls", "-q", "--filter", f"label=sandbox.run-id={RUN_ID}"],
+                          capture_output=True, text=True).stdout.split()
+    if nets:  # isolated agents' own networks, the tests' own
+        subprocess.run(["docker", "network", "rm", *nets], capture_output=True)
     if not had_network and network_exists(AGENT_NETWORK):
         subprocess.run(["docker", "network", "rm", AGENT_NETWORK], capture_output=True)
 

@@ -26,7 +26,7 @@ import pytest
 
 from sandbox import proxy
 from sandbox.proxy import Allowed, Credential, ProxyConfigError
-from tests.conftest import IMAGE, RUN_ID, docker_ok
+from tests.conftest import IMAGE, RUN_ID
 
 REAL_KEY = "sk-ant-api03-REAL-" + uuid.uuid4().hex
 REAL_TOKEN = "oauth-REAL-" + uuid.uuid4().hex
@@ -404,17 +404,6 @@ def wait_listening(container: str, port: int, image: str) -> None:
     sh("docker", "run", "--rm", *LABEL, "--network", f"container:{container}", "--entrypoint", "python3", image,
        "-c", f"import socket,time\nfor _ in range(100):\n    try:\n        socket.create_connection(('127.0.0.1',{port}),1).close(); break\n"
        "    except OSError: time.sleep(0.1)\nelse: raise SystemExit('not listening')")
-
-
-@pytest.fixture(scope="session")
-def proxy_image() -> str:
-    """The proxy image, built (or reused) once per session."""
-    if not docker_ok():
-        pytest.fail("the Docker engine is not reachable: the suite needs it")
-    from sandbox import image
-    from sandbox.engine import Engine
-
-    return image.build_proxy(Engine(), proxy.IMAGE)
 
 
 @pytest.fixture(scope="module")

@@ -71,12 +71,52 @@ def test_locked_profile_is_a_transformation_of_the_default() -> None:
                    labels=default.labels) == default
 
 
+def test_isolated_profile_keeps_the_key_out_and_points_at_its_proxies() -> None:
+    default = spec.build(request(), WS)
+    iso = spec.build(request(profile="isolated", allow=("pypi", "registry.test"), model_upstream="http://m.test:8642"), WS)
+    # the locked filesystem
+    assert iso.read_only_root and set(iso.tmpfs) == {"/tmp", "/home/agent"} and iso.volumes == (contract.LAUNCH_DIR,)
+    assert all("size=" in opts for opts in iso.tmpfs.values())
+    assert iso.binds == default.binds and iso.limits == default.limits and iso.nofile == 4096
+    # its own internal network, reachable by its proxies only
+    assert iso.network == spec.Network("sandbox-a-1.net", isolated=False, internal=True)
+    assert iso.isolation is not None and iso.isolation.network == "sandbox-a-1.net"
+    assert iso.isolation.egress_network == "sandbox-net"
+    assert iso.isolation.proxy_name(iso.name, "model") == "sandbox-a-1.model"
+    assert [str(a) for a in iso.isolation.allow] == ["files.pythonhosted.org", "pypi.org", "registry.test"]
+    assert iso.labels[L.ALLOW] == "files.pythonhosted.org,pypi.org,registry.test"
+    assert iso.isolation.labels == {L.PROXY_OF: "a-1", L.RUN_ID: "r1"}
+    # the real key only in the model proxy's credential; the agent holds a placeholder
+    upstream, credential = iso.isolation.model
+    assert (upstream.url, credential.kind, credential.value) == ("http://m.test:8642", "x-api-key", SECRET)
+    assert json.loads(iso.files()["secrets.json"][0]) == {
+        "ANTHROPIC_API_KEY": spec.PLACEHOLDER_KEY, "ANTHROPIC_BASE_URL": "http://model-proxy:8080"}
+    everything = json.dumps([iso.labels, iso.env, iso.launch.to_json(), iso.files()["secrets.json"][0].decode()])
+    assert SECRET not in everything
+    assert iso.env["HTTPS_PROXY"] == "http://egress-proxy:3128" and "model-proxy" in iso.env["NO_PROXY"]
+
+
+def test_isolated_profile_other_keys_and_the_offline_model() -> None:
+    token = spec.build(request(profile="isolated", secrets={"CLAUDE_CODE_OAUTH_TOKEN": SECRET, "OPENAI_API_KEY": "o" * 20}), WS)
+    assert token.isolation.model[1].kind == "bearer"
+    assert token.isolation.model[0].url == "https://api.anthropic.com:443"
+    assert json.loads(token.files()["secrets.json"][0]) == {
+        "CLAUDE_CODE_OAUTH_TOKEN": spec.PLACEHOLDER_KEY, "ANTHROPIC_BASE_URL": "http://model-proxy:8080"}  # no other key
+    offline = spec.build(request(profile="isolated", secrets={}, use_mock=True), WS)
+    assert offline.isolation.model is None and json.loads(offline.files()["secrets.json"][0]) == {}
+    assert offline.isolation.allow == ()
+    with pytest.raises(ValueError, match="allowlist entry"):
+        spec.build(request(profile="isolated", allow=("bad host",)), WS)
+
+
 @pytest.mark.parametrize(("over", "field", "value"), [
     ({"retries": 0}, "restart_retries", 1),
     ({"memory": 0, "nano_cpus": 0}, "limits", spec.Limits(0, 0, 1024)),
     ({"pids_limit": 64}, "limits", spec.Limits(4 * 1024**3, 2_000_000_000, 64)),
     ({"network": "other-net"}, "network", spec.Network("other-net")),
     ({"run_id": None}, "labels", None),
+    ({"runtime": "runsc"}, "runtime", "runsc"),
+    ({"nofile": 1024}, "nofile", 1024),
 ])
 def test_each_option_changes_only_its_part(over: dict[str, Any], field: str, value: Any) -> None:
     before, after = spec.build(request(), WS), spec.build(request(**over), WS)
@@ -136,6 +176,11 @@ def test_engine_translates_a_spec_into_dockers_wording(monkeypatch: pytest.Monke
     seen.clear()
     engine.create_from(spec.build(request(), WS), "net-id")
     assert seen["host_config"]["network_mode"] == "net-id" and "read_only" not in seen["host_config"]
+    assert seen["host_config"]["ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
+    assert "runtime" not in seen["host_config"]
+    seen.clear()
+    engine.create_from(spec.build(request(runtime="runsc"), WS), "net-id")
+    assert seen["host_config"]["runtime"] == "runsc"
 
 
 def test_host_and_inside_type_the_same_paste(tmp_path: Path) -> None:
@@ -163,6 +208,9 @@ NOT_SPAWN = {  # settings that do not shape a spawned container, and why
     "secret_env": "names of variables (checked by test_security)", "secrets": "masked values",
     "mock_model": "decides the launch document's mock_model (checked below)",
     "agent": "overridden here by --agent-cmd (the claude label: test_e2e.py)",
+    "runtime": "unset here: the engine has only runc (a missing one: test_isolated.py)",
+    "allow": "isolated profile only (test_isolated.py)", "model_upstream": "isolated profile only (test_isolated.py)",
+    "egress_network": "isolated profile only (test_isolated.py)",
 }
 
 
@@ -175,7 +223,7 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
     extra = {"SANDBOX_RETRIES": "2", "SANDBOX_RETRY_BACKOFF": "0.25", "SANDBOX_MAX_TIME": "3600",
              "SANDBOX_IDLE_TIMEOUT": "1800", "SANDBOX_MEMORY": "1g", "SANDBOX_CPUS": "1.5",
              "SANDBOX_PIDS_LIMIT": "512", "SANDBOX_MODEL": "opus", "SANDBOX_AGENT_UID": "61001",
-             "SANDBOX_AGENT_GID": "61002", "SANDBOX_MOCK_MODEL": "off"}
+             "SANDBOX_AGENT_GID": "61002", "SANDBOX_MOCK_MODEL": "off", "SANDBOX_NOFILE": "2048"}
     (repo / ".sandbox.toml").write_text('profile = "default"\nagent = "claude"\n')
     shown = env.ok("config", "show", cwd=repo, extra=extra).json()
     name = env.ok("spawn", "--agent-cmd", "bash", "--name", "cfg-1", cwd=repo, extra=extra).out.strip()
@@ -193,6 +241,7 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
             "agent_uid": int(info["Config"]["User"].split(":")[0]), "agent_gid": int(info["Config"]["User"].split(":")[1]),
             "data_dir": str(Path(labels[L.STATE_DIR]).parent.parent),
             "network": next(iter(info["NetworkSettings"]["Networks"])),
+            "nofile": next(u["Hard"] for u in hc["Ulimits"] if u["Name"] == "nofile"),
         }
         assert launch["mock_model"] is False and shown["mock_model"] == "off"
         for key, value in shown.items():

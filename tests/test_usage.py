@@ -30,7 +30,7 @@ def one_usage_line(res, *words: str) -> str:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["spawn", "--profile", "isolated"], ["profile", "isolated", "locked"]),  # a bad setting value
+    (["spawn", "--profile", "sealed"], ["profile", "sealed", "isolated"]),  # a bad setting value
     (["ls", "--bogus"], ["No such option: --bogus", "sandbox ls --help"]),
     (["ls", "--json", "--bogus"], ["--bogus"]),
     (["spawn", "--retries", "abc"], ["--retries", "integer"]),

@@ -35,6 +35,7 @@ from sandbox.errors import Conflict, EngineError, EngineUnavailable, ImageMissin
 if TYPE_CHECKING:
     import docker
 
+    from sandbox.proxy import ProxyContainer
     from sandbox.spec import ContainerSpec
 
 # A 404 about an image (docker-py's ImageNotFound matches the same texts).
@@ -205,6 +206,11 @@ class Engine:
         with _docker_py(what):
             return dict(self._client().inspect_container(ref))
 
+    def networks_of(self, ref: str) -> dict[str, dict[str, Any]]:
+        """The networks a container is attached to: name -> its endpoint (IPAddress, Gateway…)."""
+        found = retry.call(retry.READS, self._inspect, ref)
+        return dict((found.get("NetworkSettings") or {}).get("Networks") or {})
+
     def start(self, ref: str) -> None:
         def once() -> None:
             if self._sock is not None:
@@ -266,16 +272,19 @@ class Engine:
         """An exec that only reads (cat, capture-pane): safe to repeat, so retried on transient errors."""
         return retry.call(retry.READS, self.exec, ref, argv)
 
-    def logs(self, ref: str, tail: int = 100) -> str:
-        """The container's last ``tail`` lines of output (stdout and stderr, in order)."""
+    def logs(self, ref: str, tail: int | None = 100, *, stderr: bool = True) -> str:
+        """The container's last ``tail`` lines of output (None: all; stdout and, unless not
+        ``stderr``, stderr, in order)."""
         what = f"logs of {ref}"
         if self._sock is not None:
-            headers, stream = self._http("GET", f"/containers/{_q(ref)}/logs?stdout=1&stderr=1&tail={int(tail)}", what)
+            query = f"stdout=1&stderr={int(stderr)}&tail={'all' if tail is None else int(tail)}"
+            headers, stream = self._http("GET", f"/containers/{_q(ref)}/logs?{query}", what)
             if _is_multiplexed(headers, stream):
                 stream = b"".join(data for _, data in _frames(stream))
             return stream.decode("utf-8", "replace")
         with _docker_py(what):
-            return bytes(self._client().logs(ref, tail=tail)).decode("utf-8", "replace")
+            return bytes(self._client().logs(ref, stderr=stderr, tail="all" if tail is None else tail)
+                         ).decode("utf-8", "replace")
 
     @staticmethod
     def cli_exec(ref: str, argv: list[str], *, stdin: bool = True) -> list[str]:
@@ -352,10 +361,65 @@ class Engine:
             host_config["tmpfs"] = dict(spec.tmpfs)
         if spec.volumes:
             host_config["mounts"] = [{"Target": path, "Type": "volume"} for path in spec.volumes]
+        host_config["ulimits"] = [{"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile}]
+        if spec.runtime:
+            host_config["runtime"] = spec.runtime
         binds = [f"{b.source}:{b.target}:{'ro' if b.read_only else 'rw'}" for b in spec.binds]
         return self.create(name=spec.name, image=spec.image, command=None, labels=spec.labels, env=spec.env,
                            user=f"{spec.user[0]}:{spec.user[1]}", binds=binds, working_dir=spec.workdir,
                            host_config=host_config)
+
+    def create_proxy(self, pc: ProxyContainer, *, name: str, image: str, labels: dict[str, str], network: str,
+                     alias: str, outside: str, runtime: str | None = None) -> str:
+        """Create (not start) one of an isolated agent's proxies (``sandbox.proxy``): on the agent's
+        internal ``network`` as ``alias`` and on the ordinary ``outside`` bridge; no capabilities,
+        read-only root, small limits. Its configuration goes in with ``put_archive`` before start."""
+        host_config: dict[str, Any] = {
+            "cap_drop": list(pc.cap_drop), "security_opt": list(pc.security_opt), "read_only": pc.read_only_root,
+            "tmpfs": dict(pc.tmpfs), "mounts": [{"Target": path, "Type": "volume"} for path in pc.volumes],
+            "mem_limit": 256 * 1024**2, "pids_limit": 256, "network_mode": network,
+            "ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096}],
+            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 5},
+        }
+        if runtime:
+            host_config["runtime"] = runtime
+
+        def once() -> str:
+            try:
+                with _docker_py(f"create container {name}"):
+                    api = self._client()
+                    created = api.create_container(
+                        image=image, command=list(pc.command), name=name, labels=labels, user=pc.user,
+                        host_config=api.create_host_config(**host_config), detach=True,
+                        networking_config=api.create_networking_config(
+                            {network: api.create_endpoint_config(aliases=[alias])}))
+                    cid = str(created["Id"])
+            except (EngineError, Conflict) as err:
+                took, _ = self._created_already(name, labels)
+                if took is None:
+                    raise err
+                cid = took
+            self.connect(cid, outside)
+            return cid
+
+        return retry.call(retry.NAME_RELEASE, once)
+
+    def connect(self, ref: str, network: str) -> None:
+        """Attach a created container to one more network (already attached is fine)."""
+        try:
+            with _docker_py(f"connect {ref} to {network}"):
+                self._client().connect_container_to_network(ref, network)
+        except (Conflict, EngineError) as e:
+            if "already exists" not in str(e):
+                raise
+
+    def runtimes(self) -> list[str]:
+        """The OCI runtimes this engine knows (``docker info``)."""
+        def once() -> list[str]:
+            with _docker_py("read the engine's info"):
+                return sorted((self._client().info().get("Runtimes") or {}).keys())
+
+        return retry.call(retry.READS, once)
 
     def _created_already(self, name: str, labels: dict[str, str]) -> tuple[str | None, str | None]:
         """(id of container ``name`` if it carries our ``labels`` — our earlier create took effect,
@@ -442,6 +506,42 @@ class Engine:
         if made is not None and made != winner:
             self.remove_network(made)
         return winner
+
+    def create_internal_network(self, name: str, labels: dict[str, str]) -> tuple[str, str]:
+        """A bridge with no route out and no address for the host on it (``sandbox.proxy``'s
+        INTERNAL_NETWORK_OPTIONS); containers on it may talk to each other (the agent to its
+        proxies). (id, subnet). One of that name made by an earlier try with our labels is taken."""
+        def subnet_of(net: dict[str, Any]) -> str:
+            configs = (net.get("IPAM") or {}).get("Config") or [{}]
+            return str(configs[0].get("Subnet") or "")
+
+        for net in self.networks(name):
+            have = net.get("Labels") or {}
+            if net.get("Internal") and all(have.get(k) == v for k, v in labels.items()):
+                return str(net["Id"]), subnet_of(self._inspect_network(str(net["Id"])))
+            raise Conflict(f"network {name} exists but was not made by sandbox for this agent",
+                           hint=f"remove it (`docker network rm {name}`)")
+        from sandbox.proxy import INTERNAL_NETWORK_OPTIONS  # (not at import: `ls` never needs it)
+
+        options = {**INTERNAL_NETWORK_OPTIONS, "com.docker.network.bridge.enable_icc": "true"}
+        with _docker_py(f"create network {name}"):
+            made = str(self._client().create_network(name, driver="bridge", internal=True, labels=labels,
+                                                     options=options, check_duplicate=True)["Id"])
+        return made, subnet_of(self._inspect_network(made))
+
+    def _inspect_network(self, ref: str) -> dict[str, Any]:
+        def once() -> dict[str, Any]:
+            with _docker_py(f"inspect network {ref}"):
+                return dict(self._client().inspect_network(ref))
+
+        return retry.call(retry.READS, once)
+
+    def list_networks(self, labels: list[str]) -> list[dict[str, Any]]:
+        def once() -> list[dict[str, Any]]:
+            with _docker_py("list networks"):
+                return list(self._client().networks(filters={"label": labels}))
+
+        return retry.call(retry.READS, once)
 
     def remove_network(self, ref: str) -> bool:
         """Remove a network; False when it is gone already or still in use."""

@@ -22,12 +22,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sandbox import labels as L
 from sandbox.workspace import git as gitops
@@ -437,7 +438,7 @@ def pr(mgr: SandboxManager, sb: Sandbox, remote: str = "origin", base: str | Non
 # -- gc ------------------------------------------------------------------------------------------------
 @dataclass
 class Action:
-    kind: str      # container | workspace | branch | keep
+    kind: str      # container | workspace | branch | proxy | keep
     target: str
     detail: str = ""
     run: Callable[[], str | None] | None = field(default=None, repr=False)
@@ -463,7 +464,30 @@ def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = Fal
     actions: list[Action] = []
     for repo in repo_list:
         actions += _gc_repo(mgr, repo, [s for s in mine if s.repo == str(repo.top)], every)
-    return actions
+    return actions + _gc_proxies(mgr, {s.name for s in every})
+
+
+def _gc_proxies(mgr: SandboxManager, agents: set[str]) -> list[Action]:
+    """Proxies and internal networks of isolated agents that are gone (a spawn cut short): they hold
+    no work, and the model proxy holds the key, so they go. Younger than a minute: a spawn may be
+    making them right now (its agent comes a moment after), so they stay."""
+    settled = time.time() - 60
+    candidates = mgr.orphan_candidates()
+    young = {c["Labels"][L.PROXY_OF] for c in candidates if _created(c) > settled}
+    orphans = {c["Labels"][L.PROXY_OF] for c in candidates} - agents - young
+    return [Action("proxy", name, "isolated agent's proxies and network; the agent is gone",
+                   run=lambda name=name: mgr.drop_isolation(name)) for name in sorted(orphans)]
+
+
+def _created(obj: dict[str, Any]) -> float:
+    """Epoch seconds an engine object was made: containers say a number, networks an ISO time."""
+    raw = obj.get("Created")
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    try:
+        return datetime.fromisoformat(str(raw)[:26].rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return time.time()  # unknown: treated as young (kept)
 
 
 def _dirs(path: Path) -> list[Path]:

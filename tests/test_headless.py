@@ -389,6 +389,13 @@ def test_spawn_headless_runs_the_same_mode_on_the_local_engine(env: Env, host_re
     assert "SANDBOX_GIT_TOKEN_FILE=/var/lib/sandbox/git-token" in info["Config"]["Env"]
     state_dir = env.data / "state" / "hl-1"
     assert state_dir.is_dir()
+    # Started again (its state dir outlived the run): a retry, from the branch it pushed.
+    pushed = host_remote.git("rev-parse", "sandbox/hl-1").strip()
+    env.ok("start", "hl-1", extra=extra)
+    env.ok("wait", "hl-1", "--until", "exited", "--timeout", "90", extra=extra)
+    logs = docker("logs", "sandbox-hl-1").stdout
+    assert "attempt 1" in logs and f"from the pushed branch sandbox/hl-1 ({pushed[:12]}): resuming" in logs, logs
+    assert docker("inspect", "-f", "{{.State.ExitCode}}", "sandbox-hl-1").stdout.strip() == "0"
     env.ok("rm", "hl-1", extra=extra)
     assert docker("inspect", "sandbox-hl-1", check=False).returncode != 0 and not state_dir.exists()
 

@@ -599,6 +599,13 @@ def main() -> int:
             for d in (TMP_ROOT, cfg.home, cfg.state_dir):
                 os.makedirs(d, exist_ok=True)
             I.STATE_DIR, I.STATE = cfg.state_dir, os.path.join(cfg.state_dir, C.STATE_FILE)
+            prev = I.read_state()  # a state dir that outlives the container (`sandbox start` of a spawned one)
+            if prev.get("mode") == "headless" and prev.get("pushed") and cfg.attempt == 0:
+                cfg.attempt = int(prev.get("run_attempt") or 0) + 1
+                log(f"started again after a run that pushed {str(prev['pushed'])[:12]}: attempt {cfg.attempt}")
+            if prev:
+                os.unlink(I.STATE)  # this run's supervisor starts afresh
+            STATUS["attempt"] = cfg.attempt
             log(f"{cfg.name}: task {cfg.index}, branch {cfg.branch}, attempt {cfg.attempt}")
             git = Git(cfg)
             setup_git(cfg, git)

@@ -125,8 +125,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Where agents run: local (this engine) or swarm (the Docker Swarm this engine manages); default: the engine setting.")] = None,
 ) -> None:
     """Run `sandbox COMMAND --help` for each command's options and an example."""
+    if engine is not None:
+        if engine not in ("local", "swarm"):
+            raise UsageError(f"--engine {engine!r}: local or swarm")
+        os.environ["SANDBOX_ENGINE"] = engine  # (the flag, seen by both settings readers)
 
 
 if TYPE_CHECKING:
@@ -202,6 +207,7 @@ def spawn(
         except (OSError, ValueError) as e:
             raise UsageError(f"--mock-script {mock_script}: {e}") from e
     if headless or repo_url is not None or push_branch is not None or git_token_file is not None:
+        headless = headless or repo_url is not None  # (--repo-url: the clone mode, the only one on the swarm)
         if not (headless and repo_url):
             raise UsageError("--repo-url, --push-branch and --git-token-file go with --headless, which needs --repo-url")
         hmgr = _manager(repo, image=image, mock_model=mock_model, retries=retries, max_agents=max_agents,
@@ -273,6 +279,13 @@ def ls(
             note = f"[{s.pressure.describe()}] {note}"
         repo_col = Path(s.repo).name if s.repo else s.labels.get("sandbox.remote", "").rstrip("/").rsplit("/", 1)[-1]
         rows.append([s.name, am, state, str(s.attempt or "-"), active, s.branch, repo_col, _age(s.created), note])
+        if s.labels.get("sandbox.backend") == "swarm":
+            rows[-1].insert(7, s.node or "-")
+    if any(len(r) > len(rows[0]) for r in rows):  # agents on the swarm: the node running each
+        rows[0].insert(7, "NODE")
+        for r in rows[1:]:
+            if len(r) < len(rows[0]):
+                r.insert(7, "-")
     width = shutil.get_terminal_size((120, 20)).columns
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
@@ -665,6 +678,23 @@ def image_build(
     typer.echo(f"{settings.image} {image_id[:19]}")
     if with_proxy:
         typer.echo(f"{proxy.IMAGE} {image.build_proxy(engine, proxy.IMAGE, force=force, on_line=_err)[:19]}")
+
+
+@image_app.command("push-to-nodes")
+def image_push_to_nodes() -> None:
+    """Put the agent image on every node of the swarm (save/load through each node's Docker context,
+    or a push to `image_registry` when it is set).
+
+    Example: sandbox --engine swarm image push-to-nodes
+    """
+    from sandbox.engine.swarm import push_to_nodes
+
+    mgr = _manager()
+    missing = push_to_nodes(mgr.swarm, mgr.settings.image, mgr.settings.image_registry, _err)
+    for line in missing:
+        _err(f"sandbox: error: {line}")
+    if missing:
+        raise typer.Exit(1)
 
 
 @image_app.command("status")

@@ -37,6 +37,10 @@ ALLOW = PREFIX + "allow"          # isolated profile: the egress allowlist, comm
 # On an isolated agent's proxies and internal network (never sandbox.managed: they are not agents)
 PROXY_OF = PREFIX + "proxy-of"    # the agent's name
 PROXY_ROLE = PREFIX + "proxy-role"  # "model", "egress" or "network"
+BACKEND = PREFIX + "backend"      # "swarm": a Swarm service's task (absent: the local engine)
+SWARM = "swarm"
+SWARM_SERVICE = "com.docker.swarm.service.id"   # set by Swarm on a task's container
+SWARM_NODE = "com.docker.swarm.node.id"
 MODE = PREFIX + "mode"            # "headless": the image alone (no host workspace; work in the pushed branch)
 REMOTE = PREFIX + "remote"        # headless: the repository it clones and pushes to (no credentials)
 HEADLESS = "headless"

@@ -76,6 +76,8 @@ class ManagerSettings(Protocol):
     def ready_timeout(self) -> float: ...
     @property
     def sync_timeout(self) -> float: ...
+    @property
+    def engine(self) -> str: ...
     def uid_gid(self) -> tuple[int, int]: ...
 
 
@@ -90,6 +92,7 @@ class LightSettings:
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT
     agent_uid: int | None = None
     agent_gid: int | None = None
+    engine: str = "local"
 
     def uid_gid(self) -> tuple[int, int]:
         return agent_ids(self.agent_uid, self.agent_gid)
@@ -107,7 +110,7 @@ class Refusal:
 # How each value is converted: "str" any string; "path" a non-empty string; "float" a finite
 # number (in the environment: digits with an optional decimal part); "positive_float" the same,
 # above 0; "uid" a non-negative integer (environment: digits). Anything else is a Refusal.
-Kind = Literal["str", "path", "float", "positive_float", "uid"]
+Kind = Literal["str", "path", "float", "positive_float", "uid", "engine"]
 FIELDS: dict[str, Kind] = {
     "run_id": "str",
     "data_dir": "path",
@@ -116,7 +119,9 @@ FIELDS: dict[str, Kind] = {
     "sync_timeout": "positive_float",
     "agent_uid": "uid",
     "agent_gid": "uid",
+    "engine": "engine",
 }
+ENGINES = ("local", "swarm")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -132,6 +137,8 @@ def convert(kind: Kind, value: object, from_env: bool) -> str | Path | float | i
             value = int(value) if _DIGITS.fullmatch(value) else None
     if kind == "str":
         return value if isinstance(value, str) else None
+    if kind == "engine":  # anything else is for pydantic to refuse, in one line
+        return value if value in ENGINES else None
     if kind == "path":
         return Path(value) if isinstance(value, str) and value else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -55,6 +55,7 @@ class Sandbox:
     image_id: str = ""
     pressure: Pressure | None = None   # the kernel's OOM kills / refused forks (running, local engine)
     container_created: float = 0.0     # epoch seconds (the engine's): the age of a container without the label
+    node: str = ""                     # swarm: the node running its task
 
     @property
     def session(self) -> str:
@@ -159,6 +160,8 @@ class Sandbox:
             "worktree": None if self.headless else str(self.worktree),
             "workspace": str(self.worktree),
             "mode": self.labels.get(L.MODE) or "workspace",
+            "backend": self.labels.get(L.BACKEND) or "local",
+            "node": self.node or None,
             "base": self.labels.get(L.BASE),
             "created": self.labels.get(L.CREATED),
             "task": self.task,
@@ -213,6 +216,31 @@ class SandboxManager(Generic[SettingsT]):
     def __init__(self, settings: SettingsT, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or Engine()
+        self._swarm: Any = None
+        if getattr(settings, "engine", "local") not in ("local", "swarm"):
+            raise UsageError(f"engine {settings.engine!r}: local or swarm")
+
+    @property
+    def on_swarm(self) -> bool:
+        return getattr(self.settings, "engine", "local") == "swarm"
+
+    @property
+    def swarm(self) -> Any:
+        """The Swarm backend (``sandbox.engine.swarm``), checked once: this engine must manage a swarm."""
+        if self._swarm is None:
+            from sandbox.engine.swarm import Swarm
+
+            self._swarm = Swarm(self.engine)
+            self._swarm.check()
+        return self._swarm
+
+    def _containers(self, filters: list[str]) -> list[dict[str, Any]]:
+        """The engine side of discovery: this engine's containers, or the swarm's agents."""
+        if self.on_swarm:
+            from sandbox.engine.swarm import agent_containers
+
+            return agent_containers(self.engine, self.swarm, filters)
+        return self.engine.list_containers(filters)
 
     # -- finding -----------------------------------------------------------------------------
     def _filters(self, *extra: str, any_run: bool = False) -> list[str]:
@@ -235,6 +263,7 @@ class SandboxManager(Generic[SettingsT]):
             image_id=str(c.get("ImageID") or ""),
             pressure=cgroups.pressure(str(c["Id"])) if c.get("State") == "running" else None,
             container_created=float(c.get("Created") or 0),
+            node=str(c.get("Node") or ""),
         )
 
     def list(self, repo: Path | None = None, *, exec_state: bool = False, sync: bool = True,
@@ -246,28 +275,34 @@ class SandboxManager(Generic[SettingsT]):
         ids (see ``Settings.run_id``). ``sync``: first bring over the commits
         of agents whose git changed (``refresh_branches``), so ``git log sandbox/NAME`` is current.
         """
-        extra = [f"{L.REPO}={repo}"] if repo else []
-        found = [self._snapshot(c) for c in self.engine.list_containers(self._filters(*extra, any_run=any_run))]
+        extra = [f"{L.REPO}={repo}"] if repo and not self.on_swarm else []  # (the swarm's agents clone: no repo here)
+        found = [self._snapshot(c) for c in self._containers(self._filters(*extra, any_run=any_run))]
         if sync:
             self.refresh_branches(found)
         # (a headless agent without a state dir on this host, e.g. from Compose: its state by one exec)
         found = [self.with_exec_state(sb) if exec_state or (sb.headless and not sb.labels.get(L.STATE_DIR))
+                 or (sb.labels.get(L.STATE_DIR) and not os.path.isdir(sb.labels[L.STATE_DIR]))  # (a remote engine)
                  else sb for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
 
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
         if sb.agent_state or sb.engine_state != "running":
             return sb
-        res = self.engine.exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
+        try:
+            res = self.engine.exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json",
+                                                                                  agentfiles.STATE_CAP))
+        except (Conflict, NotFound):  # it stopped between the list and the exec: no state to read
+            return sb
         state = None
         if res.exit_code == 0 and len(res.stdout) <= agentfiles.STATE_CAP:
             state, _ = agentfiles.parse_state(res.stdout)
         return replace(sb, agent_state=state or {})
 
     def get(self, name: str) -> Sandbox:
-        found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))
+        found = self._containers(self._filters(f"{L.NAME}={name}"))
         if found:
-            return self._snapshot(found[0])
+            sb = self._snapshot(found[0])
+            return self.with_exec_state(sb) if self.on_swarm else sb
         # A headless agent without a name label (a Compose replica): PROJECT-SERVICE-NUMBER, or its
         # container's name (Compose v1: PROJECT_SERVICE_NUMBER).
         for c in self.engine.list_containers(self._filters(f"{L.MODE}={L.HEADLESS}")):
@@ -312,6 +347,14 @@ class SandboxManager(Generic[SettingsT]):
         spec = agents.build(agent, model, task if agent_cmd is None else None, agent_cmd)
         if agent_cmd is not None:
             spec = agents.AgentSpec(spec.name, spec.argv, "type")
+        if self.on_swarm:
+            raise UsageError("on the swarm an agent clones its repository: a node far away has neither your "
+                             "workspace nor its .git", hint='sandbox --engine swarm spawn --repo-url URL "the task"')
+        from sandbox.engine import remote_engine
+
+        if (remote := remote_engine()) is not None:
+            raise UsageError(f"the engine at {remote} runs on another host: it cannot mount a workspace from here",
+                             hint='use the clone mode: sandbox spawn --headless --repo-url URL "the task"')
         repo = gitops.find_repo(repo_path or Path.cwd())
         base_sha = gitops.resolve_commit(repo, base or "HEAD")
         image_id = self.engine.image_id(s.image)
@@ -399,6 +442,8 @@ class SandboxManager(Generic[SettingsT]):
             headless.configure({**{k: v for k, v in container.env.items() if not k.endswith("_FILE")}, "HOME": "/tmp"})
         except headless.Failure as e:
             raise UsageError(str(e)) from None
+        if self.on_swarm:
+            return self._spawn_on_swarm(container, wait_ready, step)
         from sandbox import capacity
 
         with ExitStack() as undo, capacity.Slot(s.data_dir / "capacity.lock", s.max_agents, self.working_count) as slot:
@@ -413,6 +458,32 @@ class SandboxManager(Generic[SettingsT]):
                 self._run(container, undo, slot)
             except _NameTaken:
                 raise Conflict(f"name {name!r} is taken", hint="pick another with --name") from None
+            sandbox = self.get(name)
+            if wait_ready:
+                step("waiting for the agent to be ready")
+                sandbox = self.wait_ready(sandbox)
+            undo.pop_all()
+            return sandbox
+        raise AssertionError("unreachable")
+
+    def _spawn_on_swarm(self: SandboxManager[Settings], container: spec_.ContainerSpec, wait_ready: bool,
+                        step: Callable[[str], None]) -> Sandbox:
+        """A headless agent as a one-replica Swarm service: its secrets as Swarm secrets, its state in
+        a tmpfs of its own (read with one exec), and every attempt a retry (a task Swarm restarts is a
+        new container with the same environment: it resumes from the branch it pushed)."""
+        name = container.labels[L.NAME]
+        labels = {k: v for k, v in container.labels.items() if k != L.STATE_DIR}
+        labels[L.BACKEND] = L.SWARM
+        files = container.files()
+        spec = replace(container, labels=labels, binds=(), volumes=(),
+                       tmpfs={**container.tmpfs, STATE_MOUNT: "rw,size=16m"},
+                       env={**container.env, "SANDBOX_ATTEMPT": "1"})
+        with ExitStack() as undo:
+            network = self.swarm.ensure_network(self.settings.swarm_network)
+            step(f"service {spec.name} on the swarm (headless: {labels.get(L.REMOTE)} -> {labels.get(L.BRANCH)})")
+            service = self.swarm.create(spec, network=network, secrets={k: v for k, (v, _) in files.items()},
+                                        constraints=[])
+            undo.callback(self.swarm.remove, service, name)
             sandbox = self.get(name)
             if wait_ready:
                 step("waiting for the agent to be ready")
@@ -643,6 +714,9 @@ class SandboxManager(Generic[SettingsT]):
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, name: str, timeout: int = 10) -> Sandbox:
         sb = self.get(name)
+        if sb.labels.get(L.BACKEND) == L.SWARM:
+            self.swarm.scale(sb.labels[L.SWARM_SERVICE], 0)
+            return sb
         if sb.engine_state == "running":
             self.engine.stop(sb.container_id, timeout=timeout)
         for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
@@ -653,6 +727,9 @@ class SandboxManager(Generic[SettingsT]):
     def start(self, name: str, wait_ready: bool = True) -> Sandbox:
         sb = self.get(name)
         since = time.time()
+        if sb.labels.get(L.BACKEND) == L.SWARM:
+            self.swarm.scale(sb.labels[L.SWARM_SERVICE], 1)
+            return self.wait_ready(self.get(name), since=since) if wait_ready else self.get(name)
         if sb.engine_state != "running":
             for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
                 if c.get("State") != "running":  # an isolated agent's way out first
@@ -682,6 +759,9 @@ class SandboxManager(Generic[SettingsT]):
         from sandbox.workspace import work
 
         sb = self.get(name)
+        if sb.labels.get(L.BACKEND) == L.SWARM:  # its work is in the branch it pushes (SIGTERM: a WIP push first)
+            self.swarm.remove(sb.labels[L.SWARM_SERVICE], sb.name)
+            return sb
         if sb.headless:
             return self._remove_headless(sb, force=force)
         work.check_removable(self, sb, force=force)

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, cgroups, contract, labels as L
+from sandbox import agentfiles, cgroups, contract, isolation, labels as L
 from sandbox.cgroups import Pressure
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
@@ -517,7 +517,7 @@ class SandboxManager(Generic[SettingsT]):
         """Spawn, second half: create what the spec says, copy the launch files in, start it."""
         network_id = None
         if container.isolation is not None:
-            network_id = self._isolate(container, undo)
+            network_id = isolation.make(self.engine, container, self.settings.network, undo)
         elif not container.network.disabled:
             network_id = self.engine.ensure_network(container.network.name, {L.MANAGED: "1"},
                                                     icc=not container.network.isolated)
@@ -533,92 +533,17 @@ class SandboxManager(Generic[SettingsT]):
         slot.release()  # the new agent is `starting` now: it counts itself
         return cid
 
-    def _isolate(self, container: spec_.ContainerSpec, undo: ExitStack) -> str:
-        """The isolated profile's network and proxies, made and started before the agent (each undone
-        on failure); the id of the agent's internal network. The real key goes only into the model
-        proxy, as a file copied in before it starts."""
-        from sandbox import proxy, spec as spec_
-
-        iso = container.isolation
-        assert iso is not None
-        image = self.engine.image_id(proxy.IMAGE)
-        if image is None:
-            raise ImageMissing(f"proxy image {proxy.IMAGE} is not built (the isolated profile needs it)",
-                               hint="run `sandbox image build --proxy`")
-        outside = self.engine.ensure_network(iso.egress_network, {L.MANAGED: "1"}) \
-            if iso.egress_network == self.settings.network else iso.egress_network
-        network_id, subnet = self.engine.create_internal_network(iso.network, {**iso.labels, L.PROXY_ROLE: "network"})
-        undo.callback(self.engine.remove_network, network_id)
-        wanted = [("egress", proxy.egress_proxy(iso.allow, clients=[subnet]), spec_.EGRESS_PROXY_HOST)]
-        if iso.model is not None:
-            upstream, credential = iso.model
-            wanted.append(("model", proxy.model_proxy(upstream, credential, clients=[subnet]), spec_.MODEL_PROXY_HOST))
-        name_of = {role: iso.proxy_name(container.name, role) for role, _, _ in wanted}
-        for role in name_of:  # (by name: a proxy whose create raised after taking effect goes too)
-            undo.callback(self.engine.remove, name_of[role])
-
-        def make(role: str, pc: proxy.ProxyContainer, alias: str) -> None:
-            cid = self.engine.create_proxy(pc, name=name_of[role], image=image, labels={**iso.labels, L.PROXY_ROLE: role},
-                                           network=iso.network, alias=alias, outside=outside, runtime=container.runtime)
-            self.engine.put_archive(cid, proxy.CONF_DIR, pc.archive())
-            self.engine.start(cid)
-
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=len(wanted)) as pool:  # the two proxies side by side
-            for done in [pool.submit(make, *w) for w in wanted]:
-                done.result()
-        return network_id
-
     def proxies(self, name: str) -> list[dict[str, Any]]:
         """An isolated agent's proxy containers (none for other profiles), by label."""
-        return self.engine.list_containers([f"{L.PROXY_OF}={name}"])
-
-    def orphan_candidates(self) -> list[dict[str, Any]]:
-        """Every isolated agent's proxy containers and networks (of this run id, if one is set)."""
-        filters = [L.PROXY_OF, *([f"{L.RUN_ID}={self.settings.run_id}"] if self.settings.run_id else [])]
-        return [*self.engine.list_containers(filters),
-                *({"Labels": n.get("Labels") or {}, "Created": n.get("Created")}
-                  for n in self.engine.list_networks(filters))]
+        return isolation.proxies(self.engine, name)
 
     def drop_isolation(self, name: str) -> None:
-        """Remove an agent's proxies (their anonymous volume holds the key: removed with them) and its
-        internal network; gone already is fine."""
-        for c in self.proxies(name):
-            self.engine.remove(str(c["Id"]), force=True)
-        for net in self.engine.list_networks([f"{L.PROXY_OF}={name}"]):
-            self.engine.remove_network(str(net["Id"]))
-
-    def gateways(self, sb: Sandbox) -> list[str]:
-        """``gateway:443`` of every network the agent and its proxies are on (what doctor probes)."""
-        found: list[str] = []
-        for ref in [sb.container_id, *(str(c["Id"]) for c in self.proxies(sb.name))]:
-            for endpoint in self.engine.networks_of(ref).values():
-                gateway = f"{endpoint.get('Gateway')}:443"
-                if endpoint.get("Gateway") and gateway not in found:
-                    found.append(gateway)
-        return found
-
-    def peer_address(self, sb: Sandbox) -> str | None:
-        """An address of another running agent (what doctor probes), if there is one."""
-        for c in self.engine.list_containers(L.managed_filter(), all=False):
-            if c["Id"] == sb.container_id:
-                continue
-            for endpoint in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values():
-                if endpoint.get("IPAddress"):
-                    return str(endpoint["IPAddress"])
-        return None
+        """Remove an isolated agent's proxies and network (``sandbox.isolation.drop``)."""
+        isolation.drop(self.engine, name)
 
     def netlog(self, sb: Sandbox) -> list[Any]:
-        """Every request an isolated agent's proxies saw, oldest first (``sandbox.proxy.NetRecord``);
-        the proxies' own loopback checks left out."""
-        from sandbox import proxy
-
-        records = []
-        for c in self.proxies(sb.name):
-            text = self.engine.logs(str(c["Id"]), tail=None, stderr=False)
-            records += [r for r in proxy.parse_netlog(text) if not r.client.startswith("127.")]
-        return sorted(records, key=lambda r: r.time)
+        """What an isolated agent's proxies saw (``sandbox.isolation.netlog``)."""
+        return isolation.netlog(self.engine, sb.name)
 
     def _secrets(self: SandboxManager[Settings], agent: agents.AgentSpec) -> tuple[dict[str, str], bool]:
         secrets = {k: os.environ[k] for k in self.settings.secret_env if os.environ.get(k)}

@@ -280,9 +280,17 @@ class SandboxManager(Generic[SettingsT]):
         if sync:
             self.refresh_branches(found)
         # (a headless agent without a state dir on this host, e.g. from Compose: its state by one exec)
-        found = [self.with_exec_state(sb) if exec_state or (sb.headless and not sb.labels.get(L.STATE_DIR))
-                 or (sb.labels.get(L.STATE_DIR) and not os.path.isdir(sb.labels[L.STATE_DIR]))  # (a remote engine)
-                 else sb for sb in found]
+        def needs_exec(sb: Sandbox) -> bool:
+            return bool(exec_state or (sb.headless and not sb.labels.get(L.STATE_DIR))
+                        or (sb.labels.get(L.STATE_DIR) and not os.path.isdir(sb.labels[L.STATE_DIR])))  # (remote)
+
+        if sum(map(needs_exec, found)) > 1:  # one exec each, side by side
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                found = list(pool.map(lambda sb: self.with_exec_state(sb) if needs_exec(sb) else sb, found))
+        else:
+            found = [self.with_exec_state(sb) if needs_exec(sb) else sb for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
 
     def with_exec_state(self, sb: Sandbox) -> Sandbox:

@@ -93,13 +93,13 @@ def cluster(agent_image: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
         docker("rm", "-f", "-v", host, check=False)
         if made_swarm:
             docker("swarm", "leave", "--force", check=False, timeout=120)
-            for extra in networks() - before:  # what the swarm made (docker_gwbridge) goes with it
-                docker("network", "rm", extra, check=False)
+            if "docker_gwbridge" not in before:  # what the swarm made goes with it
+                docker("network", "rm", "docker_gwbridge", check=False)
         else:
             secrets = docker("secret", "ls", "-q", "--filter", f"label=sandbox.run-id={RUN_ID}", check=False).stdout.split()
             if secrets:
                 docker("secret", "rm", *secrets, check=False)
-            docker("network", "rm", network, check=False)
+        docker("network", "rm", network, check=False)
 
 
 def spawn(c: Cluster, name: str, *args: str) -> str:
@@ -128,6 +128,7 @@ def test_a_shell_agent_on_the_swarm_is_listed_reached_and_brought_back(cluster: 
         assert service["Labels"]["sandbox.name"] == "sw-sh" and task["ContainerSpec"]["Labels"]["sandbox.backend"] == "swarm"
         assert task["RestartPolicy"]["Condition"] == "on-failure" and task["ContainerSpec"]["ReadOnly"] is True
         assert task["ContainerSpec"]["CapabilityDrop"] == ["ALL"] and task["ContainerSpec"]["User"] != "0:0"
+        assert task["Resources"]["Limits"]["Pids"] == 1024 and task["Resources"]["Limits"]["MemoryBytes"] == 4 * 1024**3
         assert TOKEN not in json.dumps(service)  # the token is a Swarm secret
         assert [s["File"]["Name"] for s in task["ContainerSpec"]["Secrets"]] == ["git-token"]
         c.env.ok("send", name, "echo marker-$((6*7))", cwd=c.cwd)

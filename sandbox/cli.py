@@ -379,7 +379,8 @@ def exec_(
     mgr = _reader()[1]
     sb = mgr.get(name)
     if shutil.which("docker") and sys.stdin.isatty():
-        os.execvp("docker", ["docker", "exec", "-it", "-w", str(sb.worktree), sb.container_name, *argv])
+        where = ["--context", sb.context] if sb.context else []
+        os.execvp("docker", ["docker", *where, "exec", "-it", "-w", str(sb.worktree), sb.container_name, *argv])
     res = mgr.exec(name, argv)
     sys.stdout.buffer.write(res.stdout)
     sys.stderr.buffer.write(res.stderr)

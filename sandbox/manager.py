@@ -56,6 +56,7 @@ class Sandbox:
     pressure: Pressure | None = None   # the kernel's OOM kills / refused forks (running, local engine)
     container_created: float = 0.0     # epoch seconds (the engine's): the age of a container without the label
     node: str = ""                     # swarm: the node running its task
+    context: str = ""                  # swarm: the Docker context reaching that node ("" = this engine)
 
     @property
     def session(self) -> str:
@@ -138,7 +139,8 @@ class Sandbox:
         return datetime.fromtimestamp(self.container_created, timezone.utc) if self.container_created else None
 
     def attach_command(self) -> list[str]:
-        return ["docker", "exec", "-it", self.container_name, "tmux", "attach", "-t", self.session]
+        where = ["--context", self.context] if self.context else []
+        return ["docker", *where, "exec", "-it", self.container_name, "tmux", "attach", "-t", self.session]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -217,6 +219,7 @@ class SandboxManager(Generic[SettingsT]):
         self.settings = settings
         self.engine = engine or Engine()
         self._swarm: Any = None
+        self._nodes: dict[str, Engine | None] = {}
         if getattr(settings, "engine", "local") not in ("local", "swarm"):
             raise UsageError(f"engine {settings.engine!r}: local or swarm")
 
@@ -239,8 +242,21 @@ class SandboxManager(Generic[SettingsT]):
         if self.on_swarm:
             from sandbox.engine.swarm import agent_containers
 
-            return agent_containers(self.engine, self.swarm, filters)
+            return agent_containers(self.engine, self.swarm, filters, self._node_engine)
         return self.engine.list_containers(filters)
+
+    def _node_engine(self, context: str) -> Engine | None:
+        """The engine of another swarm node, through the Docker context of that name (None: none)."""
+        from sandbox.engine import context_host
+
+        if context not in self._nodes:
+            host = context_host(context)
+            self._nodes[context] = Engine(base_url=host) if host else None
+        return self._nodes[context]
+
+    def engine_for(self, sb: Sandbox) -> Engine:
+        """The engine that runs ``sb``'s container: this one, or its swarm node's."""
+        return (self._node_engine(sb.context) if sb.context else None) or self.engine
 
     # -- finding -----------------------------------------------------------------------------
     def _filters(self, *extra: str, any_run: bool = False) -> list[str]:
@@ -264,6 +280,7 @@ class SandboxManager(Generic[SettingsT]):
             pressure=cgroups.pressure(str(c["Id"])) if c.get("State") == "running" else None,
             container_created=float(c.get("Created") or 0),
             node=str(c.get("Node") or ""),
+            context=str(c.get("Context") or ""),
         )
 
     def list(self, repo: Path | None = None, *, exec_state: bool = False, sync: bool = True,
@@ -297,7 +314,7 @@ class SandboxManager(Generic[SettingsT]):
         if sb.agent_state or sb.engine_state != "running":
             return sb
         try:
-            res = self.engine.exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json",
+            res = self.engine_for(sb).exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json",
                                                                                   agentfiles.STATE_CAP))
         except (Conflict, NotFound):  # it stopped between the list and the exec: no state to read
             return sb
@@ -680,7 +697,7 @@ class SandboxManager(Generic[SettingsT]):
         return sb
 
     def tmux(self, sb: Sandbox) -> Tmux:
-        return Tmux(_DockerExecutor(self.engine, sb.container_id), sb.session)
+        return Tmux(_DockerExecutor(self.engine_for(sb), sb.container_id), sb.session)
 
     def send(self, name: str, text: str, *, enter: bool = True, sb: Sandbox | None = None) -> Sandbox:
         """Type ``text`` into the agent's pane (after it is ready); ``sb``: a fresh snapshot already at hand."""
@@ -717,7 +734,7 @@ class SandboxManager(Generic[SettingsT]):
 
     def exec(self, name: str, argv: list[str]) -> CommandResult:
         sb = self.require_running(name)
-        return self.engine.exec(sb.container_id, argv)
+        return self.engine_for(sb).exec(sb.container_id, argv)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, name: str, timeout: int = 10) -> Sandbox:
@@ -901,7 +918,7 @@ class SandboxManager(Generic[SettingsT]):
 
     def read_in(self, sb: Sandbox, argv: list[str]) -> CommandResult:
         """Run a command that only reads inside the agent's container (retried on transient errors)."""
-        return self.engine.exec_retried(sb.container_id, argv)
+        return self.engine_for(sb).exec_retried(sb.container_id, argv)
 
     def drop_container(self, sb: Sandbox) -> None:
         """Remove the agent's container and its proxies and network, if any (gone already is fine); its

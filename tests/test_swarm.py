@@ -171,3 +171,21 @@ def test_workspace_spawns_are_refused_where_the_engine_cannot_mount_them(cluster
                           extra={"SANDBOX_ENGINE": "local", "DOCKER_HOST": "tcp://127.0.0.1:9"})
     assert res.code == 2 and "runs on another host" in res.err and "--headless --repo-url" in res.err
     assert git(repo, "branch", "--list", "sandbox/*") == ""
+
+
+def test_docker_context_selects_the_engine_and_a_remote_one_gets_no_workspace(env: Env, repo: Path, tmp_path: Path) -> None:
+    config = tmp_path / "docker-config"
+    docker("--config", str(config), "context", "create", "here", "--docker", "host=unix:///var/run/docker.sock")
+    docker("--config", str(config), "context", "create", "far", "--docker", "host=tcp://127.0.0.1:9")
+    here = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "here"}
+    name = env.ok("spawn", "--agent-cmd", "bash", "--name", "ctx-1", cwd=repo, extra=here).out.strip()
+    try:
+        assert [r["name"] for r in env.ok("ls", "--json", cwd=repo, extra=here).json()] == [name]
+    finally:
+        env.ok("rm", "--force", name, cwd=repo, extra=here)
+    far = {"DOCKER_CONFIG": str(config), "DOCKER_CONTEXT": "far"}
+    res = env.run("spawn", "--agent-cmd", "bash", cwd=repo, extra=far)
+    assert res.code == 2 and "tcp://127.0.0.1:9 runs on another host" in res.err, res.err
+    res = env.run("ls", cwd=repo, extra=far)  # that engine is not there: one line, no traceback
+    assert res.code != 0 and "cannot reach the Docker engine" in res.err and "Traceback" not in res.err
+    assert git(repo, "branch", "--list", "sandbox/*").split() == ["sandbox/ctx-1"]  # (rm keeps it; nothing new)

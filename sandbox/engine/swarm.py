@@ -15,6 +15,8 @@ What Swarm's API (1.41, Docker 20.10) cannot say is dropped and documented: ``no
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sandbox import labels as L
@@ -33,6 +35,7 @@ class Swarm:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.node_id = ""   # this engine's node (set by check)
 
     def _api(self) -> Any:
         return self.engine._client()
@@ -42,6 +45,7 @@ class Swarm:
         with _docker_py("read the engine's swarm state"):
             info = self._api().info()
         swarm = info.get("Swarm") or {}
+        self.node_id = str(swarm.get("NodeID") or "")
         if swarm.get("LocalNodeState") != "active" or not swarm.get("ControlAvailable"):
             raise UsageError("this engine is not a Docker Swarm manager (engine = \"swarm\")",
                              hint="`docker swarm init` here, point DOCKER_HOST/DOCKER_CONTEXT at a manager, "
@@ -141,8 +145,10 @@ class Swarm:
             return [str(s["ID"]) for s in self._api().secrets(filters={"label": [f"{L.NAME}={name}"]})]
 
     def this_node(self) -> str:
-        with _docker_py("read the engine's swarm state"):
-            return str((self._api().info().get("Swarm") or {}).get("NodeID") or "")
+        if not self.node_id:
+            with _docker_py("read the engine's swarm state"):
+                self.node_id = str((self._api().info().get("Swarm") or {}).get("NodeID") or "")
+        return self.node_id
 
     def nodes(self) -> dict[str, str]:
         """Node id -> host name."""
@@ -180,16 +186,27 @@ def _size(opts: str) -> int | None:
     return None
 
 
-def agent_containers(engine: Engine, swarm: Swarm, filters: list[str]) -> list[dict[str, Any]]:
+def agent_containers(engine: Engine, swarm: Swarm, filters: list[str],
+                     node_engine: Callable[[str], Engine | None]) -> list[dict[str, Any]]:
     """The agents on the swarm, as container list entries (what ``Engine.list_containers`` gives), so
-    discovery is the same for both backends: the task containers on this node (one call), the
-    services (one call) and, for a service with no container here, its newest task (one call for
-    all of them) as an entry with no container (state ``created``, the task's state as status).
-    A service's older task containers (Swarm keeps a few) are left out: the running one, else the newest."""
-    containers = engine.list_containers(filters)
-    nodes = swarm.nodes() if containers else {}
+    discovery is the same for both backends: the nodes (one call), the task containers on each node
+    whose engine is reachable (one call each, side by side: this engine for its own node, a Docker
+    context named after the node's host name for the others, ``node_engine``), the services (one
+    call) and, for a service with no container found, its newest task (one call for all of them) as
+    an entry with no container (state ``created``, the task's state as status). A service's older
+    task containers (Swarm keeps a few) are left out: the running one, else the newest. Each entry
+    says its node (``Node``) and, on another node, the context that reaches it (``Context``)."""
+    nodes = swarm.nodes()
+    here = swarm.this_node()
+    reach: list[tuple[Engine, str]] = [(engine, "")]
+    for node_id, host in sorted(nodes.items(), key=lambda kv: kv[1]):
+        other = node_engine(host) if node_id != here else None
+        if other is not None:
+            reach.append((other, host))
+    with ThreadPoolExecutor(max_workers=min(8, len(reach))) as pool:
+        lists = list(pool.map(lambda pair: [{**c, "Context": pair[1]} for c in pair[0].list_containers(filters)], reach))
     best: dict[str, dict[str, Any]] = {}
-    for c in containers:
+    for c in (c for found in lists for c in found):
         labels = c.get("Labels") or {}
         service = labels.get(SWARM_SERVICE_LABEL)
         if not service:

@@ -406,7 +406,7 @@ def test_spawn_headless_bad_input_leaves_nothing(env: Env, host_remote: HostRemo
     res = env.run("spawn", "--headless", "--repo-url", creds, "--name", "hl-bad", "t", extra=extra)
     assert res.code == 2 and res.err.strip().splitlines() == [
         "sandbox: error: SANDBOX_REPO must not carry credentials: pass the token as SANDBOX_GIT_TOKEN_FILE"]
-    assert env.run("spawn", "--repo-url", host_remote.url, "t", extra=extra).code == 2  # (needs --headless)
+    assert env.run("spawn", "--push-branch", "x", "t", extra=extra).code == 2  # (needs --repo-url)
 
     wrong = tmp_path / "wrong"
     wrong.write_text("nope\n")

@@ -47,6 +47,13 @@ def main() -> int:
     ap.add_argument("--image", default=os.environ.get("SANDBOX_IMAGE", "sandbox-agent:latest"))
     args = ap.parse_args()
     state = sh("docker", "info", "--format", "{{.Swarm.LocalNodeState}}").strip()
+    if state == "inactive":  # leaving the swarm again drops running containers' DNS names (Docker 20.10)
+        out = sh("docker", "ps", "--format", "{{.Names}}\t{{.Networks}}")
+        named = [n for n, _, nets in (line.partition("\t") for line in out.splitlines())
+                 if set(nets.split(",")) - {"bridge", "host", "none", ""}]
+        if named:
+            raise SystemExit(f"refusing to make (and leave) a swarm: {len(named)} running container(s) on "
+                             f"user-defined networks would lose their DNS names ({', '.join(named[:3])}…)")
     before = set(sh("docker", "network", "ls", "--format", "{{.Name}}").split())
     tag = uuid.uuid4().hex[:8]
     run_id, net, git_host = f"bench-swarm-{tag}", f"sbx-bench-swarm-{tag}", f"sbx-bench-git-{tag}"

@@ -40,6 +40,14 @@ def networks() -> set[str]:
     return set(docker("network", "ls", "--format", "{{.Name}}").stdout.split())
 
 
+def containers_on_user_networks() -> list[str]:
+    """Running containers attached to a network other than bridge, host or none, but this test run's
+    own (whatever an earlier test left for the session's reaper)."""
+    out = docker("ps", "--format", '{{.Names}}\t{{.Networks}}\t{{.Label "sandbox.run-id"}}').stdout
+    rows = [line.split("\t") for line in out.splitlines() if line]
+    return [r[0] for r in rows if len(r) == 3 and r[2] != RUN_ID and set(r[1].split(",")) - {"bridge", "host", "none", ""}]
+
+
 @dataclass
 class Cluster:
     env: Env
@@ -60,6 +68,12 @@ def cluster(agent_image: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     made_swarm = state == "inactive"
     if state not in ("inactive", "active"):
         pytest.fail(f"the engine's swarm state is {state!r}: neither inactive nor active")
+    if made_swarm and (named := containers_on_user_networks()):
+        # Found here (Docker 20.10): `docker swarm leave --force` drops the embedded-DNS names of the
+        # containers already running on user-defined networks (an isolated agent loses its proxies'
+        # names). Making and leaving a swarm would not leave the engine as it found it.
+        pytest.skip(f"{len(named)} running container(s) on user-defined networks ({', '.join(named[:3])}…) would "
+                    "lose their DNS names when the test leaves the swarm it makes")
     base = tmp_path_factory.mktemp("swarm")
     base.chmod(0o755)
     srv, files = base / "srv", base / "files"
@@ -189,3 +203,16 @@ def test_docker_context_selects_the_engine_and_a_remote_one_gets_no_workspace(en
     res = env.run("ls", cwd=repo, extra=far)  # that engine is not there: one line, no traceback
     assert res.code != 0 and "cannot reach the Docker engine" in res.err and "Traceback" not in res.err
     assert git(repo, "branch", "--list", "sandbox/*").split() == ["sandbox/ctx-1"]  # (rm keeps it; nothing new)
+
+
+def test_a_name_taken_on_the_swarm_is_refused_and_leaves_no_secret(cluster: Cluster) -> None:
+    c = cluster
+    name = spawn(c, "sw-twice", "--agent-cmd", "bash", "x")
+    try:
+        res = c.env.run("spawn", "--repo-url", c.url, "--git-token-file", str(c.token_file), "--name", name,
+                        "--agent-cmd", "bash", "x", cwd=c.cwd)
+        assert res.code != 0 and len(res.err.strip().splitlines()) == 1, res.err
+        secrets = docker("secret", "ls", "--format", "{{.Name}}", "--filter", f"label=sandbox.name={name}").stdout.split()
+        assert secrets == [f"sandbox-{name}.git-token"]  # the first agent's only
+    finally:
+        c.env.ok("rm", name, cwd=c.cwd, timeout=120)

@@ -14,6 +14,7 @@ What Swarm's API (1.41, Docker 20.10) cannot say is dropped and documented: ``no
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -55,11 +56,22 @@ class Swarm:
     def create(self, spec: ContainerSpec, *, network: str | None, secrets: dict[str, bytes],
                constraints: list[str]) -> str:
         """Create the agent's service (started by Swarm as soon as a node takes it); its id. The
-        secrets are created first (labelled with the agent's name, removed with it)."""
+        secrets are created first (labelled with the agent's name, removed with it, and at once when
+        the service cannot be made)."""
+        refs: list[Any] = []
+        try:
+            return self._create(spec, network, secrets, constraints, refs)
+        except BaseException:
+            for ref in refs:  # no service: its secrets go too
+                with contextlib.suppress(Exception), _docker_py("remove secret"):
+                    self._api().remove_secret(ref["SecretID"])
+            raise
+
+    def _create(self, spec: ContainerSpec, network: str | None, secrets: dict[str, bytes], constraints: list[str],
+                refs: list[Any]) -> str:
         from docker import types
 
         name = spec.labels[L.NAME]
-        refs = []
         env = dict(spec.env)
         for key, data in secrets.items():  # key: the *_FILE variable's file name (git-token, …)
             secret_id = self._secret(f"{spec.name}.{key}", data, {**_own(spec.labels), L.NAME: name})

@@ -125,8 +125,13 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    engine: Annotated[Optional[str], typer.Option("--engine", help="Where agents run: local (this engine) or swarm (the Docker Swarm this engine manages); default: the engine setting.")] = None,
 ) -> None:
     """Run `sandbox COMMAND --help` for each command's options and an example."""
+    if engine is not None:
+        if engine not in ("local", "swarm"):
+            raise UsageError(f"--engine {engine!r}: local or swarm")
+        os.environ["SANDBOX_ENGINE"] = engine  # (the flag, seen by both settings readers)
 
 
 if TYPE_CHECKING:
@@ -185,11 +190,16 @@ def spawn(
     queue: Annotated[bool, typer.Option("--queue", help="With --max-agents: wait for a free slot instead of refusing.")] = False,
     max_time: Annotated[Optional[float], typer.Option("--max-time", help="Stop the agent after S seconds (work kept).")] = None,
     idle_timeout: Annotated[Optional[float], typer.Option("--idle-timeout", help="Stop the agent after S idle seconds (work kept).")] = None,
+    headless: Annotated[bool, typer.Option("--headless", help="The image alone, as on Cloud Run: it clones --repo-url and pushes its branch there (no workspace here).")] = False,
+    repo_url: Annotated[Optional[str], typer.Option("--repo-url", help="With --headless: the repository to clone and push to (no credentials in it).")] = None,
+    push_branch: Annotated[Optional[str], typer.Option("--push-branch", help="With --headless: the branch pushed (default sandbox/NAME).")] = None,
+    git_token_file: Annotated[Optional[Path], typer.Option("--git-token-file", help="With --headless: a file holding a token that may push (copied in, never in inspect).")] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Stop the agent (work kept) when its cost estimate passes USD (Claude Code).")] = None,
 ) -> None:
-    """Start an agent in its own container on a new worktree and branch.
+    """Start an agent in its own container on a new worktree and branch (--headless: on a clone of --repo-url).
 
     Example: sandbox spawn --model sonnet "add login rate limiting"
+    Example: sandbox spawn --headless --repo-url https://git.example/acme/app.git --git-token-file token.txt "fix the flaky test"
     """
     script = None
     if mock_script is not None:
@@ -197,6 +207,18 @@ def spawn(
             script = json.loads(mock_script.read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"--mock-script {mock_script}: {e}") from e
+    if headless or repo_url is not None or push_branch is not None or git_token_file is not None:
+        headless = headless or repo_url is not None  # (--repo-url: the clone mode, the only one on the swarm)
+        if not (headless and repo_url):
+            raise UsageError("--repo-url, --push-branch and --git-token-file go with --headless, which needs --repo-url")
+        hmgr = _manager(repo, image=image, mock_model=mock_model, retries=retries, max_agents=max_agents,
+                        max_time=max_time)
+        say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
+        sb = hmgr.spawn_headless(task, repo_url=repo_url, name=name, agent=agent, model=model, agent_cmd=agent_cmd,
+                                 base=base, branch=push_branch, git_token_file=git_token_file, mock_script=script,
+                                 wait_ready=not no_wait, on_step=say)
+        _show_spawned(sb, as_json, f"  pushes:   {sb.branch} to {repo_url}")
+        return
     mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model, retries=retries,
                    max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout, runtime=runtime,
                    max_cost=max_cost)
@@ -210,12 +232,16 @@ def spawn(
     say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
     sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
                    mock_script=script, wait_ready=not no_wait, on_step=say, queue=queue)
+    _show_spawned(sb, as_json, f"  branch:   {sb.branch}\n  worktree: {sb.worktree}")
+
+
+def _show_spawned(sb: Any, as_json: bool, where: str) -> None:
+    """The new agent: its name on stdout (or all of it as JSON), where it works and how to attach on stderr."""
     if as_json:
         typer.echo(json.dumps(sb.to_json(mgr.settings.price_table()), indent=2))
         return
     typer.echo(sb.name)
-    _err(f"  branch:   {sb.branch}\n  worktree: {sb.worktree}\n  state:    {sb.state}\n"
-         f"  attach:   {' '.join(sb.attach_command())}   (or: sandbox attach {sb.name})")
+    _err(f"{where}\n  state:    {sb.state}\n  attach:   {' '.join(sb.attach_command())}   (or: sandbox attach {sb.name})")
 
 
 def _age(created: datetime | None) -> str:
@@ -256,7 +282,7 @@ def ls(
         am = s.labels.get("sandbox.agent", "?") + ("/" + s.labels["sandbox.model"] if s.labels.get("sandbox.model") else "")
         state = s.state + (f"({s.exit_code})" if s.state in ("exited", "failed") and s.exit_code is not None else "")
         active = _age(datetime.fromtimestamp(s.activity, timezone.utc)) if s.activity else "-"
-        note = s.reason if s.state in ("starting", "stopped", "failed", "exited", "waiting") and s.reason else s.labels.get("sandbox.task", "")
+        note = s.reason if s.state in ("starting", "stopped", "failed", "exited", "waiting") and s.reason else s.task
         if s.pressure and s.pressure.describe():
             note = f"[{s.pressure.describe()}] {note}"
         cells = []
@@ -266,8 +292,15 @@ def ls(
                      size(st.memory) if st else "-",
                      f"{short(tok['input'] + tok['cache_read'] + tok['cache_write'])}/{short(tok['output'])}" if tok else "-",
                      spent.describe() if spent else "-"]
-        rows.append([s.name, am, state, str(s.attempt or "-"), active, *cells, s.branch, Path(s.repo).name,
-                     _age(s.created), note])
+        repo_col = Path(s.repo).name if s.repo else s.labels.get("sandbox.remote", "").rstrip("/").rsplit("/", 1)[-1]
+        rows.append([s.name, am, state, str(s.attempt or "-"), active, *cells, s.branch, repo_col, _age(s.created), note])
+        if s.labels.get("sandbox.backend") == "swarm":
+            rows[-1].insert(7 + len(extra), s.node or "-")
+    if any(len(r) > len(rows[0]) for r in rows):  # agents on the swarm: the node running each
+        rows[0].insert(7 + len(extra), "NODE")
+        for r in rows[1:]:
+            if len(r) < len(rows[0]):
+                r.insert(7 + len(extra), "-")
     width = shutil.get_terminal_size((120, 20)).columns
     n = len(rows[0]) - 1
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
@@ -482,7 +515,8 @@ def exec_(
     mgr = _reader()[1]
     sb = mgr.get(name)
     if shutil.which("docker") and sys.stdin.isatty():
-        os.execvp("docker", ["docker", "exec", "-it", "-w", str(sb.worktree), sb.container_name, *argv])
+        where = ["--context", sb.context] if sb.context else []
+        os.execvp("docker", ["docker", *where, "exec", "-it", "-w", str(sb.worktree), sb.container_name, *argv])
     res = mgr.exec(name, argv)
     sys.stdout.buffer.write(res.stdout)
     sys.stderr.buffer.write(res.stderr)
@@ -781,6 +815,23 @@ def image_build(
     typer.echo(f"{settings.image} {image_id[:19]}")
     if with_proxy:
         typer.echo(f"{proxy.IMAGE} {image.build_proxy(engine, proxy.IMAGE, force=force, on_line=_err)[:19]}")
+
+
+@image_app.command("push-to-nodes")
+def image_push_to_nodes() -> None:
+    """Put the agent image on every node of the swarm (save/load through each node's Docker context,
+    or a push to `image_registry` when it is set).
+
+    Example: sandbox --engine swarm image push-to-nodes
+    """
+    from sandbox.engine.swarm import push_to_nodes
+
+    mgr = _manager()
+    missing = push_to_nodes(mgr.swarm, mgr.settings.image, mgr.settings.image_registry, _err)
+    for line in missing:
+        _err(f"sandbox: error: {line}")
+    if missing:
+        raise typer.Exit(1)
 
 
 @image_app.command("status")

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     agent: str = "claude"
     model: str | None = None
     profile: Literal["default", "locked", "isolated"] = "default"
+    engine: Literal["local", "swarm"] = "local"    # where agents run: this engine, or the swarm it manages
+    swarm_network: str = "sandbox-swarm"           # swarm: the overlay network agents' services join (made on demand)
+    image_registry: str | None = None              # swarm: push the agent image here for the nodes (else save/load)
     agent_uid: int | None = None
     agent_gid: int | None = None
     mock_model: Literal["auto", "on", "off"] = "auto"

@@ -139,3 +139,66 @@ def tmux_paste(target: str, text: str, *, buffer: str, enter: bool = True) -> li
 def tmux_target(session: str) -> str:
     """The exact session's current pane (``=`` stops tmux from matching a prefix)."""
     return f"={session}:"
+
+
+# -- headless mode --------------------------------------------------------------------------------
+# The agent image alone (no `sandbox` on the host, no launch file: Cloud Run Jobs, Compose, plain
+# `docker run`): with no launch file and ``SANDBOX_REPO`` set, the init configures itself from these
+# variables (``sandbox.inside.headless``). ``deploy/`` and ``compose.yaml`` are checked against them.
+class EnvVar(namedtuple("EnvVar", "name required secret default doc")):
+    """One variable of the headless contract. ``required``: True, False, or the name of a group of
+    which one must be set; ``secret``: also accepted as ``NAME_FILE`` (a file holding the value),
+    never printed."""
+
+    __slots__ = ()
+
+
+HEADLESS_ENV = (
+    EnvVar("SANDBOX_REPO", True, False, "", "the repository to clone (http(s)://, git://, file://; no credentials in it)"),
+    EnvVar("SANDBOX_TASK", "task", False, "", "the task (or SANDBOX_TASKS_FILE)"),
+    EnvVar("SANDBOX_TASKS_FILE", "task", False, "", "a task list: a JSON array of strings, or one task a line; "
+           "the task index picks one"),
+    EnvVar("SANDBOX_TASK_INDEX", False, False, "", "which task of the list (default CLOUD_RUN_TASK_INDEX, else a claim "
+           "in SANDBOX_TASK_CLAIMS, else 0)"),
+    EnvVar("SANDBOX_TASK_CLAIMS", False, False, "", "a directory shared by replicas (Compose): each claims the first "
+           "free task"),
+    EnvVar("SANDBOX_BASE", False, False, "", "the base ref: branch, tag or commit (default: the remote's HEAD)"),
+    EnvVar("SANDBOX_PUSH_BRANCH", False, False, "sandbox/task-{index}", "the branch pushed ({index}: the task index)"),
+    EnvVar("SANDBOX_AGENT", False, False, "claude", "agent preset: claude, codex, gemini, aider"),
+    EnvVar("SANDBOX_AGENT_CMD", False, False, "", "any command instead of a preset (the task is typed into it)"),
+    EnvVar("SANDBOX_MODEL", False, False, "", "the model passed to the agent"),
+    EnvVar("SANDBOX_RETRIES", False, False, "3", "restarts after a non-zero exit, then exit 5"),
+    EnvVar("SANDBOX_MAX_TIME", False, False, "0", "seconds before the agent is stopped (WIP pushed, exit 6); 0 = none"),
+    EnvVar("SANDBOX_WIP_INTERVAL", False, False, "120", "seconds between work-in-progress pushes"),
+    EnvVar("SANDBOX_ON_DONE", False, False, "exit", "exit: end when the task is done; stay: keep running (attach, "
+           "logs) until stopped"),
+    EnvVar("SANDBOX_GIT_NAME", False, False, "sandbox agent", "the commits' author name"),
+    EnvVar("SANDBOX_GIT_EMAIL", False, False, "agent@sandbox.invalid", "the commits' author email"),
+    EnvVar("SANDBOX_GIT_USER", False, False, "x-access-token", "the user name sent with the token"),
+    EnvVar("SANDBOX_GIT_TOKEN", False, True, "", "the git token (http(s) remotes), through a credential helper"),
+    EnvVar("ANTHROPIC_API_KEY", False, True, "", "Claude Code's API key"),
+    EnvVar("SANDBOX_MOCK_MODEL", False, False, "0", "1: the scripted offline model instead of an API (demos, tests)"),
+    EnvVar("SANDBOX_MOCK_SCRIPT_FILE", False, False, "", "the scripted model's script (JSON)"),
+    EnvVar("SANDBOX_ATTEMPT", False, False, "0", "> 0: a retry: resume from the pushed branch when there is one "
+           "(default CLOUD_RUN_TASK_ATTEMPT); 0: a first attempt refuses a branch that exists"),
+    EnvVar("SANDBOX_NAME", False, False, "", "the agent's name (default: the host name)"),
+    EnvVar("SANDBOX_SESSION", False, False, "agent", "the tmux session's name"),
+    EnvVar("SANDBOX_WORKSPACE", False, False, "", "where to clone (default $HOME/work, or /tmp/sandbox/work when "
+           "HOME is not writable)"),
+    EnvVar("PORT", False, False, "", "serve GET /healthz and GET /status on 0.0.0.0:PORT"),
+    EnvVar("CLOUD_RUN_TASK_INDEX", False, False, "", "set by Cloud Run Jobs: the task index"),
+    EnvVar("CLOUD_RUN_TASK_COUNT", False, False, "", "set by Cloud Run Jobs: the number of tasks"),
+    EnvVar("CLOUD_RUN_TASK_ATTEMPT", False, False, "", "set by Cloud Run Jobs: the retry number"),
+)
+
+# Exit codes of the headless init: the result of the run (README "Run anywhere").
+HEADLESS_EXIT = {
+    0: "the agent finished and the branch was pushed",
+    2: "bad configuration (a variable missing or invalid, the branch exists on a first attempt)",
+    3: "the remote refused or cannot be reached (clone, fetch: authentication, not found)",
+    4: "a push failed (work may be lost: see the log)",
+    5: "the agent failed (gave up after SANDBOX_RETRIES restarts); its work was pushed",
+    6: "the time limit (SANDBOX_MAX_TIME) was reached; work in progress was pushed",
+    7: "stopped (SIGTERM) before the task was done; work in progress was pushed",
+    70: "internal error",
+}

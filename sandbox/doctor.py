@@ -102,20 +102,20 @@ def _egress_checks(p: dict[str, Any]) -> list[Check]:
 
 def probe_plan(mgr: SandboxManager[Any], sb: Sandbox) -> dict[str, Any]:
     """What the isolated profile's probes aim at, for ``--probe`` of ``contract.FACTS``."""
-    from sandbox import proxy, spec
+    from sandbox import isolation, proxy, spec
 
-    proxies = {c.get("Labels", {}).get(L.PROXY_ROLE): c for c in mgr.proxies(sb.name)}
+    proxies = {c.get("Labels", {}).get(L.PROXY_ROLE): c for c in isolation.proxies(mgr.engine, sb.name)}
     allow = [a for a in sb.labels.get(L.ALLOW, "").split(",") if a and not a.startswith("*")]
     plan: dict[str, Any] = {
         "egress": f"{spec.EGRESS_PROXY_HOST}:{proxy.EGRESS_PORT}",
         "denied": f"{DENIED_HOST}:443", "raw_ip": RAW_IP, "dns": DENIED_HOST,
-        "gateways": mgr.gateways(sb),
+        "gateways": isolation.gateways(mgr.engine, sb.container_id, sb.name),
     }
     if "model" in proxies or sb.labels.get(L.PROFILE) != "isolated":
         plan["model"] = f"{spec.MODEL_PROXY_HOST}:{proxy.MODEL_PORT}"
     if allow:
         plan["allowed"] = allow[0] if re.search(r":\d+$", allow[0]) else f"{allow[0]}:443"
-    peer = mgr.peer_address(sb)
+    peer = isolation.peer_address(mgr.engine, sb.container_id)
     if peer:
         plan["peer"] = f"{peer}:22"
     key = _real_key(mgr, proxies.get("model"))

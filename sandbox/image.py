@@ -47,7 +47,9 @@ DOCKERFILE = REPO_ROOT / "Dockerfile.agent"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules that run inside the container: standard library only (see AGENTS.md).
 INSIDE_MODULES = ("__init__.py", "contract.py", "inside/__init__.py", "inside/__main__.py", "inside/export.py",
-                  "inside/facts.py", "inside/mockmodel.py", "usage.py")
+                  "inside/facts.py", "inside/mockmodel.py", "inside/headless.py",
+                  "agents.py", "errors.py", "usage.py")  # (agents, errors: the presets, for headless mode;
+                                                          #  usage: the hooks total the tokens)
 
 ONLINE_BASE = "debian:bookworm-slim"
 SDK_PACKAGE = "claude-agent-sdk"

@@ -38,6 +38,20 @@ ALLOW = PREFIX + "allow"          # isolated profile: the egress allowlist, comm
 # On an isolated agent's proxies and internal network (never sandbox.managed: they are not agents)
 PROXY_OF = PREFIX + "proxy-of"    # the agent's name
 PROXY_ROLE = PREFIX + "proxy-role"  # "model", "egress" or "network"
+BACKEND = PREFIX + "backend"      # "swarm": a Swarm service's task (absent: the local engine)
+SWARM = "swarm"
+SWARM_SERVICE = "com.docker.swarm.service.id"   # set by Swarm on a task's container
+SWARM_NODE = "com.docker.swarm.node.id"
+MODE = PREFIX + "mode"            # "headless": the image alone (no host workspace; work in the pushed branch)
+REMOTE = PREFIX + "remote"        # headless: the repository it clones and pushes to (no credentials)
+HEADLESS = "headless"
+
+# Set by Compose on the containers it starts: a headless replica's name is PROJECT-SERVICE-NUMBER
+# (what Compose v2 names the container; v1 says PROJECT_SERVICE_NUMBER): the same label set on every
+# replica cannot carry a name of its own.
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_NUMBER = "com.docker.compose.container-number"
 
 TASK_SUMMARY_MAX = 200
 
@@ -51,3 +65,14 @@ def summarize(task: str, limit: int = TASK_SUMMARY_MAX) -> str:
     """One line, at most ``limit`` characters, for the task label and `ls`."""
     line = " ".join(task.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def name_of(labels: dict[str, str], container_name: str) -> str:
+    """An agent's name: its ``sandbox.name`` label; for a Compose replica, PROJECT-SERVICE-NUMBER; else
+    the container's name."""
+    if labels.get(NAME):
+        return labels[NAME]
+    parts = [labels.get(k, "") for k in (COMPOSE_PROJECT, COMPOSE_SERVICE, COMPOSE_NUMBER)]
+    if all(parts):
+        return "-".join(parts)
+    return container_name

@@ -77,6 +77,8 @@ class ManagerSettings(Protocol):
     @property
     def sync_timeout(self) -> float: ...
     @property
+    def engine(self) -> str: ...
+    @property
     def prices(self) -> dict[str, dict[str, float]]: ...
     @property
     def notify(self) -> str | None: ...
@@ -95,6 +97,7 @@ class LightSettings:
     sync_timeout: float = DEFAULT_SYNC_TIMEOUT
     agent_uid: int | None = None
     agent_gid: int | None = None
+    engine: str = "local"
     prices: dict[str, dict[str, float]] = field(default_factory=dict)
     notify: str | None = None
 
@@ -121,7 +124,7 @@ class Refusal:
 # above 0; "uid" a non-negative integer (environment: digits); "prices" a table of price tables
 # (``sandbox.usage.check_prices``; from the environment: always a Refusal, JSON is pydantic's).
 # Anything else is a Refusal.
-Kind = Literal["str", "path", "float", "positive_float", "uid", "prices"]
+Kind = Literal["str", "path", "float", "positive_float", "uid", "engine", "prices"]
 FIELDS: dict[str, Kind] = {
     "run_id": "str",
     "data_dir": "path",
@@ -130,9 +133,11 @@ FIELDS: dict[str, Kind] = {
     "sync_timeout": "positive_float",
     "agent_uid": "uid",
     "agent_gid": "uid",
+    "engine": "engine",
     "prices": "prices",
     "notify": "str",
 }
+ENGINES = ("local", "swarm")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 _DIGITS = re.compile(r"[0-9]+")
 
@@ -157,6 +162,8 @@ def convert(kind: Kind, value: object, from_env: bool) -> Any:
             value = int(value) if _DIGITS.fullmatch(value) else None
     if kind == "str":
         return value if isinstance(value, str) else None
+    if kind == "engine":  # anything else is for pydantic to refuse, in one line
+        return value if value in ENGINES else None
     if kind == "path":
         return Path(value) if isinstance(value, str) and value else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, cgroups, contract, labels as L, usage as U
+from sandbox import agentfiles, cgroups, contract, isolation, labels as L, usage as U
 from sandbox.cgroups import Pressure
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
@@ -54,6 +54,9 @@ class Sandbox:
     agent_state: dict[str, Any] = field(default_factory=dict)
     image_id: str = ""
     pressure: Pressure | None = None   # the kernel's OOM kills / refused forks (running, local engine)
+    container_created: float = 0.0     # epoch seconds (the engine's): the age of a container without the label
+    node: str = ""                     # swarm: the node running its task
+    context: str = ""                  # swarm: the Docker context reaching that node ("" = this engine)
     stats: U.Stats | None = None       # CPU and memory now (``SandboxManager.with_stats``; None: not asked)
 
     @property
@@ -61,8 +64,15 @@ class Sandbox:
         return self.labels.get(L.SESSION, self.name)
 
     @property
+    def headless(self) -> bool:
+        """Started from the image alone (Compose, ``spawn --headless``): no workspace on this host; its
+        work is in the branch it pushes."""
+        return self.labels.get(L.MODE) == L.HEADLESS
+
+    @property
     def worktree(self) -> Path:
-        return Path(self.labels[L.WORKTREE])
+        """The workspace on the host; for a headless agent, its clone inside the container."""
+        return Path(self.labels.get(L.WORKTREE) or str(self.agent_state.get("workdir") or "/"))
 
     @property
     def agent_git(self) -> Path | None:
@@ -72,7 +82,12 @@ class Sandbox:
 
     @property
     def branch(self) -> str:
-        return self.labels.get(L.BRANCH, "")
+        return self.labels.get(L.BRANCH) or str(self.agent_state.get("branch") or "")
+
+    @property
+    def task(self) -> str:
+        """The task's summary: its label; a headless replica's (one label set for all): its state's."""
+        return self.labels.get(L.TASK) or L.summarize(str(self.agent_state.get("task") or ""))
 
     @property
     def repo(self) -> str:
@@ -120,7 +135,9 @@ class Sandbox:
     @property
     def created(self) -> datetime | None:
         raw = self.labels.get(L.CREATED)
-        return datetime.fromisoformat(raw) if raw else None
+        if raw:
+            return datetime.fromisoformat(raw)
+        return datetime.fromtimestamp(self.container_created, timezone.utc) if self.container_created else None
 
     @property
     def usage(self) -> dict[str, dict[str, int]]:
@@ -141,7 +158,8 @@ class Sandbox:
         return U.cost(used, prices or [U.PRICES]) if used else None
 
     def attach_command(self) -> list[str]:
-        return ["docker", "exec", "-it", self.container_name, "tmux", "attach", "-t", self.session]
+        where = ["--context", self.context] if self.context else []
+        return ["docker", *where, "exec", "-it", self.container_name, "tmux", "attach", "-t", self.session]
 
     def to_json(self, prices: U.Table | None = None) -> dict[str, Any]:
         spent = self.cost(prices)
@@ -160,12 +178,15 @@ class Sandbox:
             "agent": self.labels.get(L.AGENT),
             "model": self.labels.get(L.MODEL) or None,
             "branch": self.branch,
-            "repo": self.repo,
-            "worktree": str(self.worktree),
+            "repo": self.repo or self.labels.get(L.REMOTE, ""),
+            "worktree": None if self.headless else str(self.worktree),
             "workspace": str(self.worktree),
+            "mode": self.labels.get(L.MODE) or "workspace",
+            "backend": self.labels.get(L.BACKEND) or "local",
+            "node": self.node or None,
             "base": self.labels.get(L.BASE),
             "created": self.labels.get(L.CREATED),
-            "task": self.labels.get(L.TASK, ""),
+            "task": self.task,
             "session": self.session,
             "attach": " ".join(self.attach_command()),
             "oom_kills": self.pressure.oom_kills if self.pressure else None,
@@ -226,6 +247,45 @@ class SandboxManager(Generic[SettingsT]):
     def __init__(self, settings: SettingsT, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or Engine()
+        self._swarm: Any = None
+        self._nodes: dict[str, Engine | None] = {}
+        if getattr(settings, "engine", "local") not in ("local", "swarm"):
+            raise UsageError(f"engine {settings.engine!r}: local or swarm")
+
+    @property
+    def on_swarm(self) -> bool:
+        return getattr(self.settings, "engine", "local") == "swarm"
+
+    @property
+    def swarm(self) -> Any:
+        """The Swarm backend (``sandbox.engine.swarm``), checked once: this engine must manage a swarm."""
+        if self._swarm is None:
+            from sandbox.engine.swarm import Swarm
+
+            self._swarm = Swarm(self.engine)
+            self._swarm.check()
+        return self._swarm
+
+    def _containers(self, filters: list[str]) -> list[dict[str, Any]]:
+        """The engine side of discovery: this engine's containers, or the swarm's agents."""
+        if self.on_swarm:
+            from sandbox.engine.swarm import agent_containers
+
+            return agent_containers(self.engine, self.swarm, filters, self._node_engine)
+        return self.engine.list_containers(filters)
+
+    def _node_engine(self, context: str) -> Engine | None:
+        """The engine of another swarm node, through the Docker context of that name (None: none)."""
+        from sandbox.engine import context_host
+
+        if context not in self._nodes:
+            host = context_host(context)
+            self._nodes[context] = Engine(base_url=host) if host else None
+        return self._nodes[context]
+
+    def engine_for(self, sb: Sandbox) -> Engine:
+        """The engine that runs ``sb``'s container: this one, or its swarm node's."""
+        return (self._node_engine(sb.context) if sb.context else None) or self.engine
 
     # -- finding -----------------------------------------------------------------------------
     def _filters(self, *extra: str, any_run: bool = False) -> list[str]:
@@ -236,16 +296,20 @@ class SandboxManager(Generic[SettingsT]):
 
     def _snapshot(self, c: dict[str, Any]) -> Sandbox:
         lab = dict(c.get("Labels") or {})
+        container_name = (c.get("Names") or ["/?"])[0].lstrip("/")
         return Sandbox(
-            name=lab.get(L.NAME, ""),
+            name=L.name_of(lab, container_name),
             container_id=c["Id"],
-            container_name=(c.get("Names") or ["/?"])[0].lstrip("/"),
+            container_name=container_name,
             labels=lab,
             engine_state=c.get("State", ""),
             status=c.get("Status", ""),
             agent_state=_read_state(lab.get(L.STATE_DIR)),
             image_id=str(c.get("ImageID") or ""),
             pressure=cgroups.pressure(str(c["Id"])) if c.get("State") == "running" else None,
+            container_created=float(c.get("Created") or 0),
+            node=str(c.get("Node") or ""),
+            context=str(c.get("Context") or ""),
         )
 
     def list(self, repo: Path | None = None, *, exec_state: bool = False, sync: bool = True,
@@ -257,12 +321,22 @@ class SandboxManager(Generic[SettingsT]):
         ids (see ``Settings.run_id``). ``sync``: first bring over the commits
         of agents whose git changed (``refresh_branches``), so ``git log sandbox/NAME`` is current.
         """
-        extra = [f"{L.REPO}={repo}"] if repo else []
-        found = [self._snapshot(c) for c in self.engine.list_containers(self._filters(*extra, any_run=any_run))]
+        extra = [f"{L.REPO}={repo}"] if repo and not self.on_swarm else []  # (the swarm's agents clone: no repo here)
+        found = [self._snapshot(c) for c in self._containers(self._filters(*extra, any_run=any_run))]
         if sync:
             self.refresh_branches(found)
-        if exec_state:
-            found = [self.with_exec_state(sb) for sb in found]
+        # (a headless agent without a state dir on this host, e.g. from Compose: its state by one exec)
+        def needs_exec(sb: Sandbox) -> bool:
+            return bool(exec_state or (sb.headless and not sb.labels.get(L.STATE_DIR))
+                        or (sb.labels.get(L.STATE_DIR) and not os.path.isdir(sb.labels[L.STATE_DIR])))  # (remote)
+
+        if sum(map(needs_exec, found)) > 1:  # one exec each, side by side
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                found = list(pool.map(lambda sb: self.with_exec_state(sb) if needs_exec(sb) else sb, found))
+        else:
+            found = [self.with_exec_state(sb) if needs_exec(sb) else sb for sb in found]
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
 
     def event_filters(self) -> list[str]:
@@ -278,7 +352,11 @@ class SandboxManager(Generic[SettingsT]):
     def with_exec_state(self, sb: Sandbox) -> Sandbox:
         if sb.agent_state or sb.engine_state != "running":
             return sb
-        res = self.engine.exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json", agentfiles.STATE_CAP))
+        try:
+            res = self.engine_for(sb).exec_retried(sb.container_id, agentfiles.exec_argv(f"{STATE_MOUNT}/state.json",
+                                                                                  agentfiles.STATE_CAP))
+        except (Conflict, NotFound):  # it stopped between the list and the exec: no state to read
+            return sb
         state = None
         if res.exit_code == 0 and len(res.stdout) <= agentfiles.STATE_CAP:
             state, _ = agentfiles.parse_state(res.stdout)
@@ -294,10 +372,17 @@ class SandboxManager(Generic[SettingsT]):
                 for sb in found]
 
     def get(self, name: str) -> Sandbox:
-        found = self.engine.list_containers(self._filters(f"{L.NAME}={name}"))
-        if not found:
-            raise NotFound(f"no agent named {name!r}", hint="see `sandbox ls --all`")
-        return self._snapshot(found[0])
+        found = self._containers(self._filters(f"{L.NAME}={name}"))
+        if found:
+            sb = self._snapshot(found[0])
+            return self.with_exec_state(sb) if self.on_swarm else sb
+        # A headless agent without a name label (a Compose replica): PROJECT-SERVICE-NUMBER, or its
+        # container's name (Compose v1: PROJECT_SERVICE_NUMBER).
+        for c in self.engine.list_containers(self._filters(f"{L.MODE}={L.HEADLESS}")):
+            sb = self._snapshot(c)
+            if name in (sb.name, sb.container_name) and not sb.labels.get(L.NAME):
+                return self.with_exec_state(sb) if not sb.labels.get(L.STATE_DIR) else sb
+        raise NotFound(f"no agent named {name!r}", hint="see `sandbox ls --all`")
 
     # -- spawning ----------------------------------------------------------------------------
     def _allocate_name(self, prefix: str, skip: set[str] | None = None) -> str:
@@ -335,6 +420,14 @@ class SandboxManager(Generic[SettingsT]):
         spec = agents.build(agent, model, task if agent_cmd is None else None, agent_cmd)
         if agent_cmd is not None:
             spec = agents.AgentSpec(spec.name, spec.argv, "type")
+        if self.on_swarm:
+            raise UsageError("on the swarm an agent clones its repository: a node far away has neither your "
+                             "workspace nor its .git", hint='sandbox --engine swarm spawn --repo-url URL "the task"')
+        from sandbox.engine import remote_engine
+
+        if (remote := remote_engine()) is not None:
+            raise UsageError(f"the engine at {remote} runs on another host: it cannot mount a workspace from here",
+                             hint='use the clone mode: sandbox spawn --headless --repo-url URL "the task"')
         repo = gitops.find_repo(repo_path or Path.cwd())
         base_sha = gitops.resolve_commit(repo, base or "HEAD")
         image_id = self.engine.image_id(s.image)
@@ -359,6 +452,118 @@ class SandboxManager(Generic[SettingsT]):
                     tried.add(name)
                     name = self._allocate_name(prefix, tried)
         raise Conflict("could not find a free name; pass --name")
+
+    def spawn_headless(
+        self: SandboxManager[Settings],
+        task: str | None,
+        *,
+        repo_url: str,
+        name: str | None = None,
+        agent: str | None = None,
+        model: str | None = None,
+        agent_cmd: str | None = None,
+        base: str | None = None,
+        branch: str | None = None,
+        git_token_file: Path | None = None,
+        mock_script: dict[str, Any] | None = None,
+        wait_ready: bool = True,
+        on_step: Callable[[str], None] | None = None,
+    ) -> Sandbox:
+        """Run the image's headless mode on this engine (``sandbox spawn --headless``): the agent clones
+        ``repo_url`` in its container and pushes its work there; nothing of it on this host but its
+        state dir. The same container a Cloud Run-like host runs (``spec.build_headless``)."""
+        from sandbox import agents, spec as spec_
+        from sandbox.inside import headless
+
+        s = self.settings
+        step = on_step or (lambda _msg: None)
+        if not task or not task.strip():
+            raise UsageError("a headless agent needs a task", hint='sandbox spawn --headless --repo-url URL "the task"')
+        if name is not None:
+            agents.check_name(name)
+        agent = agent or s.agent
+        model = model if model is not None else s.model
+        aspec = agents.build(agent, model, task if agent_cmd is None else None, agent_cmd)
+        token = ""
+        if git_token_file is not None:
+            try:
+                token = git_token_file.read_text().strip()
+            except OSError as e:
+                raise UsageError(f"--git-token-file {git_token_file}: {e.strerror}") from None
+        image_id = self.engine.image_id(s.image)
+        if image_id is None:
+            raise ImageMissing(f"agent image {s.image} is not built", hint="run `sandbox image build`")
+        uid, gid = s.uid_gid()
+        if uid == 0:
+            raise UsageError("the agent never runs as root: set SANDBOX_AGENT_UID to a non-zero uid")
+        secrets, use_mock = self._secrets(aspec)
+        explicit = name is not None
+        name = name or self._allocate_name(agents.name_prefix(
+            Path(aspec.binary).name if agent_cmd is not None else aspec.name, model))
+        if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
+            raise Conflict(f"name {name!r} is taken", hint="pick another with --name")
+        state_dir = s.data_dir / "state" / name
+        req = spec_.HeadlessRequest(
+            name=name, agent=aspec, model=model, task=task, repo_url=repo_url, branch=branch or BRANCH_PREFIX + name,
+            base=base, image_id=image_id, image_ref=s.image, uid=uid, gid=gid,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"), state_dir=state_dir, retries=s.retries,
+            max_time=s.max_time, memory=s.memory_limit(), nano_cpus=int(s.cpus * 1e9) if s.cpus else 0,
+            pids_limit=s.pids_limit, network=s.network, run_id=s.run_id, use_mock=use_mock, mock_script=mock_script,
+            agent_cmd=agent_cmd, git_token=token, api_key=secrets.get("ANTHROPIC_API_KEY", ""))
+        container = spec_.build_headless(req)
+        try:  # the image's own rules, checked here first: a bad value is refused before anything exists
+            headless.configure({**{k: v for k, v in container.env.items() if not k.endswith("_FILE")}, "HOME": "/tmp"})
+        except headless.Failure as e:
+            raise UsageError(str(e)) from None
+        if self.on_swarm:
+            return self._spawn_on_swarm(container, wait_ready, step)
+        from sandbox import capacity
+
+        with ExitStack() as undo, capacity.Slot(s.data_dir / "capacity.lock", s.max_agents, self.working_count) as slot:
+            if state_dir.exists() and not explicit:
+                shutil.rmtree(state_dir)
+            state_dir.mkdir(parents=True, exist_ok=True)
+            undo.callback(shutil.rmtree, state_dir, True)
+            if os.getuid() == 0:
+                os.chown(state_dir, uid, gid)
+            step(f"container {container.name} (headless: {repo_url} -> {req.branch})")
+            try:
+                self._run(container, undo, slot)
+            except _NameTaken:
+                raise Conflict(f"name {name!r} is taken", hint="pick another with --name") from None
+            sandbox = self.get(name)
+            if wait_ready:
+                step("waiting for the agent to be ready")
+                sandbox = self.wait_ready(sandbox)
+            undo.pop_all()
+            return sandbox
+        raise AssertionError("unreachable")
+
+    def _spawn_on_swarm(self: SandboxManager[Settings], container: spec_.ContainerSpec, wait_ready: bool,
+                        step: Callable[[str], None]) -> Sandbox:
+        """A headless agent as a one-replica Swarm service: its secrets as Swarm secrets, its state in
+        a tmpfs of its own (read with one exec), and every attempt a retry (a task Swarm restarts is a
+        new container with the same environment: it resumes from the branch it pushed)."""
+        name = container.labels[L.NAME]
+        labels = {k: v for k, v in container.labels.items() if k != L.STATE_DIR}
+        labels[L.BACKEND] = L.SWARM
+        files = container.files()
+        spec = replace(container, labels=labels, binds=(), volumes=(),
+                       tmpfs={**container.tmpfs, STATE_MOUNT: "rw,size=16m"},
+                       env={**container.env, "SANDBOX_ATTEMPT": "1"})
+        with ExitStack() as undo:
+            network = self.swarm.ensure_network(self.settings.swarm_network)
+            step(f"service {spec.name} on the swarm (headless: {labels.get(L.REMOTE)} -> {labels.get(L.BRANCH)})")
+            service = self.swarm.create(spec, network=network, secrets={k: v for k, (v, _) in files.items()},
+                                        constraints=[])
+            undo.callback(self.swarm.remove, service, name)
+            sandbox = self.get(name)
+            if wait_ready:
+                step("waiting for the agent to be ready")
+                sandbox = self.wait_ready(sandbox)
+            undo.pop_all()
+            return sandbox
+        raise AssertionError("unreachable")
 
     def working_count(self) -> int:
         """Agents holding a capacity slot: starting, busy or waiting (one engine call)."""
@@ -457,7 +662,7 @@ class SandboxManager(Generic[SettingsT]):
         """Spawn, second half: create what the spec says, copy the launch files in, start it."""
         network_id = None
         if container.isolation is not None:
-            network_id = self._isolate(container, undo)
+            network_id = isolation.make(self.engine, container, self.settings.network, undo)
         elif not container.network.disabled:
             network_id = self.engine.ensure_network(container.network.name, {L.MANAGED: "1"},
                                                     icc=not container.network.isolated)
@@ -473,92 +678,17 @@ class SandboxManager(Generic[SettingsT]):
         slot.release()  # the new agent is `starting` now: it counts itself
         return cid
 
-    def _isolate(self, container: spec_.ContainerSpec, undo: ExitStack) -> str:
-        """The isolated profile's network and proxies, made and started before the agent (each undone
-        on failure); the id of the agent's internal network. The real key goes only into the model
-        proxy, as a file copied in before it starts."""
-        from sandbox import proxy, spec as spec_
-
-        iso = container.isolation
-        assert iso is not None
-        image = self.engine.image_id(proxy.IMAGE)
-        if image is None:
-            raise ImageMissing(f"proxy image {proxy.IMAGE} is not built (the isolated profile needs it)",
-                               hint="run `sandbox image build --proxy`")
-        outside = self.engine.ensure_network(iso.egress_network, {L.MANAGED: "1"}) \
-            if iso.egress_network == self.settings.network else iso.egress_network
-        network_id, subnet = self.engine.create_internal_network(iso.network, {**iso.labels, L.PROXY_ROLE: "network"})
-        undo.callback(self.engine.remove_network, network_id)
-        wanted = [("egress", proxy.egress_proxy(iso.allow, clients=[subnet]), spec_.EGRESS_PROXY_HOST)]
-        if iso.model is not None:
-            upstream, credential = iso.model
-            wanted.append(("model", proxy.model_proxy(upstream, credential, clients=[subnet]), spec_.MODEL_PROXY_HOST))
-        name_of = {role: iso.proxy_name(container.name, role) for role, _, _ in wanted}
-        for role in name_of:  # (by name: a proxy whose create raised after taking effect goes too)
-            undo.callback(self.engine.remove, name_of[role])
-
-        def make(role: str, pc: proxy.ProxyContainer, alias: str) -> None:
-            cid = self.engine.create_proxy(pc, name=name_of[role], image=image, labels={**iso.labels, L.PROXY_ROLE: role},
-                                           network=iso.network, alias=alias, outside=outside, runtime=container.runtime)
-            self.engine.put_archive(cid, proxy.CONF_DIR, pc.archive())
-            self.engine.start(cid)
-
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=len(wanted)) as pool:  # the two proxies side by side
-            for done in [pool.submit(make, *w) for w in wanted]:
-                done.result()
-        return network_id
-
     def proxies(self, name: str) -> list[dict[str, Any]]:
         """An isolated agent's proxy containers (none for other profiles), by label."""
-        return self.engine.list_containers([f"{L.PROXY_OF}={name}"])
-
-    def orphan_candidates(self) -> list[dict[str, Any]]:
-        """Every isolated agent's proxy containers and networks (of this run id, if one is set)."""
-        filters = [L.PROXY_OF, *([f"{L.RUN_ID}={self.settings.run_id}"] if self.settings.run_id else [])]
-        return [*self.engine.list_containers(filters),
-                *({"Labels": n.get("Labels") or {}, "Created": n.get("Created")}
-                  for n in self.engine.list_networks(filters))]
+        return isolation.proxies(self.engine, name)
 
     def drop_isolation(self, name: str) -> None:
-        """Remove an agent's proxies (their anonymous volume holds the key: removed with them) and its
-        internal network; gone already is fine."""
-        for c in self.proxies(name):
-            self.engine.remove(str(c["Id"]), force=True)
-        for net in self.engine.list_networks([f"{L.PROXY_OF}={name}"]):
-            self.engine.remove_network(str(net["Id"]))
-
-    def gateways(self, sb: Sandbox) -> list[str]:
-        """``gateway:443`` of every network the agent and its proxies are on (what doctor probes)."""
-        found: list[str] = []
-        for ref in [sb.container_id, *(str(c["Id"]) for c in self.proxies(sb.name))]:
-            for endpoint in self.engine.networks_of(ref).values():
-                gateway = f"{endpoint.get('Gateway')}:443"
-                if endpoint.get("Gateway") and gateway not in found:
-                    found.append(gateway)
-        return found
-
-    def peer_address(self, sb: Sandbox) -> str | None:
-        """An address of another running agent (what doctor probes), if there is one."""
-        for c in self.engine.list_containers(L.managed_filter(), all=False):
-            if c["Id"] == sb.container_id:
-                continue
-            for endpoint in ((c.get("NetworkSettings") or {}).get("Networks") or {}).values():
-                if endpoint.get("IPAddress"):
-                    return str(endpoint["IPAddress"])
-        return None
+        """Remove an isolated agent's proxies and network (``sandbox.isolation.drop``)."""
+        isolation.drop(self.engine, name)
 
     def netlog(self, sb: Sandbox) -> list[Any]:
-        """Every request an isolated agent's proxies saw, oldest first (``sandbox.proxy.NetRecord``);
-        the proxies' own loopback checks left out."""
-        from sandbox import proxy
-
-        records = []
-        for c in self.proxies(sb.name):
-            text = self.engine.logs(str(c["Id"]), tail=None, stderr=False)
-            records += [r for r in proxy.parse_netlog(text) if not r.client.startswith("127.")]
-        return sorted(records, key=lambda r: r.time)
+        """What an isolated agent's proxies saw (``sandbox.isolation.netlog``)."""
+        return isolation.netlog(self.engine, sb.name)
 
     def _secrets(self: SandboxManager[Settings], agent: agents.AgentSpec) -> tuple[dict[str, str], bool]:
         secrets = {k: os.environ[k] for k in self.settings.secret_env if os.environ.get(k)}
@@ -582,12 +712,13 @@ class SandboxManager(Generic[SettingsT]):
         States written before ``since`` (a previous run of the container) are ignored.
         """
         timeout = timeout if timeout is not None else self.settings.ready_timeout
-        state_file = Path(sandbox.labels[L.STATE_DIR]) / "state.json"
+        state_dir = sandbox.labels.get(L.STATE_DIR)
         deadline = time.monotonic() + timeout
         delay = 0.005
         checks = 0
         while True:
-            state = _read_state(str(state_file.parent))
+            # (no state dir here: a Compose replica's state file, read in its container)
+            state = _read_state(state_dir) if state_dir else self.get(sandbox.name).agent_state
             st = state.get(S.STATE) if float(state.get(S.TS) or 0) >= since else None
             if st in contract.ACCEPTS_INPUT or (st == contract.EXITED and state.get(S.EXIT_CODE) == 0):
                 return self.get(sandbox.name)  # (a quick agent may have started and finished already)
@@ -615,7 +746,7 @@ class SandboxManager(Generic[SettingsT]):
         return sb
 
     def tmux(self, sb: Sandbox) -> Tmux:
-        return Tmux(_DockerExecutor(self.engine, sb.container_id), sb.session)
+        return Tmux(_DockerExecutor(self.engine_for(sb), sb.container_id), sb.session)
 
     def send(self, name: str, text: str, *, enter: bool = True, sb: Sandbox | None = None) -> Sandbox:
         """Type ``text`` into the agent's pane (after it is ready); ``sb``: a fresh snapshot already at hand."""
@@ -652,11 +783,14 @@ class SandboxManager(Generic[SettingsT]):
 
     def exec(self, name: str, argv: list[str]) -> CommandResult:
         sb = self.require_running(name)
-        return self.engine.exec(sb.container_id, argv)
+        return self.engine_for(sb).exec(sb.container_id, argv)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def stop(self, name: str, timeout: int = 10) -> Sandbox:
         sb = self.get(name)
+        if sb.labels.get(L.BACKEND) == L.SWARM:
+            self.swarm.scale(sb.labels[L.SWARM_SERVICE], 0)
+            return sb
         if sb.engine_state == "running":
             self.engine.stop(sb.container_id, timeout=timeout)
         for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
@@ -667,6 +801,9 @@ class SandboxManager(Generic[SettingsT]):
     def start(self, name: str, wait_ready: bool = True) -> Sandbox:
         sb = self.get(name)
         since = time.time()
+        if sb.labels.get(L.BACKEND) == L.SWARM:
+            self.swarm.scale(sb.labels[L.SWARM_SERVICE], 1)
+            return self.wait_ready(self.get(name), since=since) if wait_ready else self.get(name)
         if sb.engine_state != "running":
             for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
                 if c.get("State") != "running":  # an isolated agent's way out first
@@ -696,6 +833,11 @@ class SandboxManager(Generic[SettingsT]):
         from sandbox.workspace import work
 
         sb = self.get(name)
+        if sb.labels.get(L.BACKEND) == L.SWARM:  # its work is in the branch it pushes (SIGTERM: a WIP push first)
+            self.swarm.remove(sb.labels[L.SWARM_SERVICE], sb.name)
+            return sb
+        if sb.headless:
+            return self._remove_headless(sb, force=force)
         work.check_removable(self, sb, force=force)
         self.drop_container(sb)
         gone = replace(sb, engine_state="removed")
@@ -713,12 +855,32 @@ class SandboxManager(Generic[SettingsT]):
         shutil.rmtree(sb.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
         return sb
 
+    def _remove_headless(self, sb: Sandbox, *, force: bool) -> Sandbox:
+        """A headless agent's work is in the branch it pushes: stop it first (SIGTERM: it pushes what
+        is uncommitted as a WIP commit), then remove the container (and its state dir, if here). A
+        final push that failed (exit 4) keeps the container for its log, unless ``force``."""
+        if sb.engine_state == "running":
+            self.engine.stop(sb.container_id, timeout=15)
+            sb = self.get(sb.name)
+        m = re.match(r"Exited \((-?\d+)\)", sb.status)
+        if m and int(m.group(1)) == 4 and not force:
+            raise Conflict(f"agent {sb.name} could not push its work (exit 4): container kept for its log",
+                           hint=f"`docker logs {sb.container_name}`; `sandbox rm --force {sb.name}` removes it")
+        self.engine.remove(sb.container_id, force=True)
+        if sb.labels.get(L.STATE_DIR):
+            shutil.rmtree(sb.labels[L.STATE_DIR], ignore_errors=True)
+        return sb
+
     # -- the agent's work, brought over --------------------------------------------------------
     @staticmethod
     def repo_of(sb: Sandbox) -> gitops.Repo:
         return gitops.Repo(top=Path(sb.repo), common_dir=Path(sb.labels[L.GITDIR]))
 
     def source(self, sb: Sandbox) -> Source:
+        if sb.headless:
+            raise UsageError(f"agent {sb.name} is headless: its work is in branch {sb.branch or '?'} of "
+                             f"{sb.labels.get(L.REMOTE) or 'its remote'}, not on this host",
+                             hint="fetch that branch from the remote")
         uid = int(sb.labels.get(L.UID) or 0) or self.settings.uid_gid()[0]
         return Source(name=sb.name, repo=self.repo_of(sb), branch=sb.branch, workspace=sb.worktree,
                       agent_git=sb.agent_git, uid=uid, image=sb.image_id or self.settings.image,
@@ -805,7 +967,7 @@ class SandboxManager(Generic[SettingsT]):
 
     def read_in(self, sb: Sandbox, argv: list[str]) -> CommandResult:
         """Run a command that only reads inside the agent's container (retried on transient errors)."""
-        return self.engine.exec_retried(sb.container_id, argv)
+        return self.engine_for(sb).exec_retried(sb.container_id, argv)
 
     def drop_container(self, sb: Sandbox) -> None:
         """Remove the agent's container and its proxies and network, if any (gone already is fine); its

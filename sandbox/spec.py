@@ -292,3 +292,109 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         runtime=req.runtime,
     )
     return PROFILES[req.profile](spec, req)
+
+
+# -- headless: the image alone, configured by its environment (sandbox.inside.headless) -------------------
+@dataclass(frozen=True)
+class HeadlessSpec(ContainerSpec):
+    """A headless agent's container: no launch document (its absence, with ``SANDBOX_REPO`` set, is what
+    makes the init headless); its secrets are files copied into ``contract.LAUNCH_DIR`` before start,
+    named by ``*_FILE`` variables (never in ``docker inspect``)."""
+
+    payload: dict[str, tuple[bytes, int]] = field(default_factory=dict, repr=False)
+
+    def files(self) -> dict[str, tuple[bytes, int]]:
+        return dict(self.payload)
+
+
+@dataclass(frozen=True)
+class HeadlessRequest:
+    """What ``sandbox spawn --headless`` was asked for, resolved."""
+
+    name: str
+    agent: AgentSpec
+    model: str | None
+    task: str
+    repo_url: str
+    branch: str
+    base: str | None
+    image_id: str
+    image_ref: str
+    uid: int
+    gid: int
+    created: str
+    state_dir: Path
+    retries: int = 3
+    max_time: float | None = None
+    wip_interval: float | None = None
+    memory: int = 0
+    nano_cpus: int = 0
+    pids_limit: int = 1024
+    network: str = "sandbox-net"
+    run_id: str | None = None
+    use_mock: bool = False
+    mock_script: dict[str, object] | None = None
+    agent_cmd: str | None = None
+    git_identity: dict[str, str] = field(default_factory=dict)
+    git_token: str = field(default="", repr=False)
+    api_key: str = field(default="", repr=False)
+
+
+def headless_env(req: HeadlessRequest) -> dict[str, str]:
+    """The headless contract's variables (``contract.HEADLESS_ENV``) for ``req``: no secret among them."""
+    env = {
+        "SANDBOX_REPO": req.repo_url,
+        "SANDBOX_TASK": req.task,
+        "SANDBOX_PUSH_BRANCH": req.branch,
+        "SANDBOX_NAME": req.name,
+        "SANDBOX_SESSION": req.name,
+        "SANDBOX_AGENT": req.agent.name if req.agent.name != "custom" else "claude",
+        "SANDBOX_RETRIES": str(req.retries),
+        "SANDBOX_ON_DONE": "exit",   # the cloud behaviour: the exit code is the result
+        "SANDBOX_ATTEMPT": "0",
+    }
+    optional = {"SANDBOX_BASE": req.base, "SANDBOX_MODEL": req.model, "SANDBOX_AGENT_CMD": req.agent_cmd,
+                "SANDBOX_MAX_TIME": f"{req.max_time:g}" if req.max_time else None,
+                "SANDBOX_WIP_INTERVAL": f"{req.wip_interval:g}" if req.wip_interval else None,
+                "SANDBOX_GIT_NAME": req.git_identity.get("name"), "SANDBOX_GIT_EMAIL": req.git_identity.get("email"),
+                "SANDBOX_MOCK_MODEL": "1" if req.use_mock else None}
+    env.update({k: v for k, v in optional.items() if v})
+    files = contract.LAUNCH_DIR
+    if req.git_token:
+        env["SANDBOX_GIT_TOKEN_FILE"] = f"{files}/git-token"
+    if req.api_key:
+        env["ANTHROPIC_API_KEY_FILE"] = f"{files}/anthropic-api-key"
+    if req.mock_script:
+        env["SANDBOX_MOCK_SCRIPT_FILE"] = f"{files}/mock-script.json"
+    return env
+
+
+def build_headless(req: HeadlessRequest) -> HeadlessSpec:
+    """The container for a headless agent on the local engine (pure): the image alone, as a Cloud
+    Run-like host runs it — read-only root, tmpfs /tmp, limits, no restarts by the engine (a retry is
+    a new run with ``SANDBOX_ATTEMPT`` > 0) — plus this host's state dir, so `sandbox ls` reads it."""
+    if req.uid == 0:
+        raise ValueError("the agent never runs as root")
+    labels = {
+        L.MANAGED: "1", L.SCHEMA_KEY: L.SCHEMA, L.NAME: req.name, L.MODE: L.HEADLESS, L.AGENT: req.agent.name,
+        L.MODEL: req.model or "", L.REMOTE: req.repo_url, L.BRANCH: req.branch, L.IMAGE: req.image_ref,
+        L.PROFILE: "headless", L.CREATED: req.created, L.VERSION: __version__, L.TASK: L.summarize(req.task),
+        L.SESSION: req.name, L.UID: str(req.uid), L.STATE_DIR: str(req.state_dir), L.RETRIES: str(req.retries),
+        L.MAX_TIME: f"{req.max_time:g}" if req.max_time else "",
+    }
+    if req.run_id:
+        labels[L.RUN_ID] = req.run_id
+    payload: dict[str, tuple[bytes, int]] = {}
+    if req.git_token:
+        payload["git-token"] = (req.git_token.encode() + b"\n", 0o400)
+    if req.api_key:
+        payload["anthropic-api-key"] = (req.api_key.encode() + b"\n", 0o400)
+    if req.mock_script:
+        payload["mock-script.json"] = (json.dumps(req.mock_script).encode(), 0o400)
+    launch = contract.Launch(name=req.name, session=req.name, argv=list(req.agent.argv), workdir="/tmp")  # (a record)
+    return HeadlessSpec(
+        name=CONTAINER_PREFIX + req.name, image=req.image_id, user=(req.uid, req.gid), workdir="/tmp", labels=labels,
+        env=headless_env(req), binds=(Bind(str(req.state_dir), contract.STATE_MOUNT),),
+        limits=Limits(memory=req.memory, nano_cpus=req.nano_cpus, pids=req.pids_limit), network=Network(req.network),
+        restart_retries=0, launch=launch, read_only_root=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},
+        volumes=(contract.LAUNCH_DIR,), payload=payload)

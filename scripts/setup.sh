@@ -13,6 +13,10 @@ for cmd_pkg in tmux:tmux git:git debootstrap:debootstrap setfacl:acl docker:dock
   cmd=${cmd_pkg%%:*}; pkg=${cmd_pkg##*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_pkgs+=("$pkg")
 done
+# Compose (compose.yaml and its test): v2's `docker compose`, else v1's `docker-compose` from Debian.
+if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+  need_pkgs+=(docker-compose)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   say "installing system packages: ${need_pkgs[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

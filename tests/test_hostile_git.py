@@ -98,9 +98,11 @@ def victim(env: Env, repo: Path) -> tuple[str, dict[str, str]]:
     return name, {f"sandbox/{name}": git(repo, "rev-parse", f"sandbox/{name}").strip()}
 
 
-@pytest.mark.parametrize("profile", ["default", "locked"])
+@pytest.mark.parametrize("profile", ["default", "locked", "isolated"])
 def test_planted_git_config_hooks_attributes_never_run_on_the_host(
-        env: Env, repo: Path, tmp_path: Path, markers: Path, profile: str) -> None:
+        env: Env, repo: Path, tmp_path: Path, markers: Path, profile: str, request: pytest.FixtureRequest) -> None:
+    if profile == "isolated":
+        request.getfixturevalue("proxy_image")
     git(repo, "branch", "release")
     other, others = victim(env, repo)
     others["release"] = git(repo, "rev-parse", "release").strip()

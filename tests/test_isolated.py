@@ -165,6 +165,7 @@ r = {
     "connect_denied": talk(*P, b"CONNECT other.test:443 HTTP/1.1\r\nHost: other.test:443\r\n\r\n"),
     "raw_ip_denied": talk(*P, ("GET http://%s/ HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (cfg["ip"], cfg["ip"])).encode()),
     "gateway_denied": talk(*P, ("CONNECT %s:443 HTTP/1.1\r\n\r\n" % cfg["gateway"]).encode()),
+    "peer_denied": talk(*P, ("CONNECT %s:22 HTTP/1.1\r\n\r\n" % cfg["peer"]).encode()),
     "direct_registry": direct(cfg["ip"], 443),
     "direct_gateway": direct(cfg["gateway"], 443),
     "direct_peer": direct(cfg["peer"], 22),
@@ -184,7 +185,7 @@ def test_egress_is_the_allowlist_and_netlog_shows_every_try(iso: Iso) -> None:
     r = json.loads(iso.env.ok("exec", iso.claude, "--", "python3", "-c", PROBES, json.dumps(cfg)).out)
     assert r["http_allowed"].startswith("HTTP/1.1 200") and '"path": "/simple/"' in r["http_allowed"], r
     assert r["connect_allowed"].startswith("HTTP/1.1 200") and '"path": "/tunnelled"' in r["connect_allowed"], r
-    for key in ("connect_denied", "raw_ip_denied", "gateway_denied"):
+    for key in ("connect_denied", "raw_ip_denied", "gateway_denied", "peer_denied"):
         assert r[key].startswith("HTTP/1.1 403"), (key, r[key])
     for key in ("direct_registry", "direct_gateway", "direct_peer", "dns"):  # never reached, never resolved
         assert r[key].startswith("ERROR") and "refused" not in r[key], (key, r[key])
@@ -192,7 +193,7 @@ def test_egress_is_the_allowlist_and_netlog_shows_every_try(iso: Iso) -> None:
     tried = {(r["method"], r["host"], r["port"], r["decision"]) for r in rows if r["proxy"] == "egress"}
     assert {("GET", "registry.test", 80, "allowed"), ("CONNECT", "registry.test", 443, "allowed"),
             ("CONNECT", "other.test", 443, "denied"), ("GET", iso.registry_ip, 80, "denied"),
-            ("CONNECT", iso.gateway, 443, "denied")} <= tried, tried
+            ("CONNECT", iso.gateway, 443, "denied"), ("CONNECT", peer_ip, 22, "denied")} <= tried, tried
     table = iso.env.ok("netlog", iso.claude).out
     assert "other.test:443" in table and "denied" in table and "allowed" in table
 

@@ -212,6 +212,8 @@ NOT_SPAWN = {  # settings that do not shape a spawned container, and why
     "runtime": "unset here: the engine has only runc (a missing one: test_isolated.py)",
     "allow": "isolated profile only (test_isolated.py)", "model_upstream": "isolated profile only (test_isolated.py)",
     "egress_network": "isolated profile only (test_isolated.py)",
+    "engine": "local here (the swarm backend: test_swarm.py)", "swarm_network": "swarm backend only (test_swarm.py)",
+    "image_registry": "swarm backend only (image push-to-nodes)",
 }
 
 

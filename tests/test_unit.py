@@ -357,16 +357,14 @@ def test_gc_takes_only_settled_proxies_of_agents_that_are_gone() -> None:
     dropped: list[str] = []
 
     class Mgr:
-        def orphan_candidates(self):  # type: ignore[no-untyped-def]
-            return [{"Labels": {"sandbox.proxy-of": "gone-1"}, "Created": old},
-                    {"Labels": {"sandbox.proxy-of": "gone-1"}, "Created": "2020-01-01T00:00:00.123456789Z"},
-                    {"Labels": {"sandbox.proxy-of": "alive-1"}, "Created": old},
-                    {"Labels": {"sandbox.proxy-of": "spawning-1"}, "Created": now}]
-
         def drop_isolation(self, name: str) -> None:
             dropped.append(name)
 
-    actions = work._gc_proxies(Mgr(), {"alive-1"})  # type: ignore[arg-type]
+    candidates = [{"Labels": {"sandbox.proxy-of": "gone-1"}, "Created": old},
+                  {"Labels": {"sandbox.proxy-of": "gone-1"}, "Created": "2020-01-01T00:00:00.123456789Z"},
+                  {"Labels": {"sandbox.proxy-of": "alive-1"}, "Created": old},
+                  {"Labels": {"sandbox.proxy-of": "spawning-1"}, "Created": now}]
+    actions = work._gc_proxies(Mgr(), {"alive-1"}, candidates)  # type: ignore[arg-type]
     assert [(a.kind, a.target) for a in actions] == [("proxy", "gone-1")]
     actions[0].run()
     assert dropped == ["gone-1"]

@@ -80,12 +80,49 @@ def _explain(e: Any) -> str:
     return str(explanation or e).strip()
 
 
+def context_host(name: str | None = None) -> str | None:
+    """The engine address of Docker context ``name`` (default ``$DOCKER_CONTEXT``), read from the
+    docker CLI's own store (``~/.docker/contexts``); None for ``default`` or an unknown context."""
+    import hashlib
+
+    config = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    if name is None:
+        name = os.environ.get("DOCKER_CONTEXT")
+    if name is None:  # `docker context use NAME`
+        try:
+            with open(os.path.join(config, "config.json"), encoding="utf-8") as f:
+                name = json.load(f).get("currentContext")
+        except (OSError, ValueError, AttributeError):
+            name = None
+    if not name or name == "default":
+        return None
+    meta = os.path.join(config, "contexts", "meta", hashlib.sha256(name.encode()).hexdigest(), "meta.json")
+    try:
+        with open(meta, encoding="utf-8") as f:
+            host = json.load(f)["Endpoints"]["docker"]["Host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(host) if host else None
+
+
+def engine_address() -> str:
+    """Where this process's engine is: ``$DOCKER_HOST``, else ``$DOCKER_CONTEXT``'s, else the local socket."""
+    return os.environ.get("DOCKER_HOST") or context_host() or "unix:///var/run/docker.sock"
+
+
+def remote_engine() -> str | None:
+    """The engine's address when it is not on this host (``tcp://``, ``ssh://``…): it cannot bind-mount
+    a path of this host. None for a local unix socket."""
+    address = engine_address()
+    return None if address.startswith(("unix://", "npipe://")) else address
+
+
 def _local_socket(base_url: str | None) -> str | None:
     """The engine's unix socket path when it is a plain local one (no TLS), else None."""
     if base_url is None:
         if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
             return None
-        base_url = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+        base_url = engine_address()
     return base_url[len("unix://"):] if base_url.startswith("unix://") else None
 
 
@@ -174,8 +211,10 @@ class Engine:
             import docker
 
             with _docker_py("connect"):
-                if self._base_url:
-                    self._api = docker.APIClient(base_url=self._base_url, timeout=self._timeout, version="auto")
+                base_url = self._base_url or (None if os.environ.get("DOCKER_HOST") else context_host())
+                if base_url:
+                    self._api = docker.APIClient(base_url=base_url, timeout=self._timeout, version="auto",
+                                                 use_ssh_client=base_url.startswith("ssh://"))
                 else:
                     self._api = docker.from_env(timeout=self._timeout, version="auto").api
         return self._api
@@ -431,7 +470,9 @@ class Engine:
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "pids_limit": spec.limits.pids,
-            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": spec.restart_retries},
+            # (0: no restarts — Docker reads on-failure with a count of 0 as "without limit")
+            "restart_policy": ({"Name": "on-failure", "MaximumRetryCount": spec.restart_retries}
+                               if spec.restart_retries > 0 else {"Name": "no"}),
         }
         if spec.limits.memory:
             host_config["mem_limit"] = spec.limits.memory

@@ -5,6 +5,9 @@
                                       running the agent, keep the state file, wait.
 ``python3 -m sandbox.inside hook EV`` Claude Code hook: turn an event into a state.
 
+With no launch file and ``SANDBOX_REPO`` set, ``init`` runs headless (``sandbox.inside.headless``):
+configured from the environment, it clones, runs the agent under this supervisor and pushes its work.
+
 The init loop is the supervisor: it restarts a failing agent in the same pane with backoff and
 jitter (a circuit breaker after ``retries``), enforces ``max_time``/``idle_timeout``, and computes
 a fallback state for agents without hooks (pane activity, prompt patterns). See README "States".
@@ -37,7 +40,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-LAUNCH = C.LAUNCH_FILE
+LAUNCH = os.environ.get("SANDBOX_LAUNCH_FILE") or C.LAUNCH_FILE  # headless mode: its own, in /tmp
 SECRETS = C.SECRETS_FILE
 STATE_DIR = os.environ.get("SANDBOX_STATE_DIR", C.STATE_MOUNT)
 STATE = os.path.join(STATE_DIR, C.STATE_FILE)
@@ -318,6 +321,11 @@ class Supervisor:
         self.circuit_open = prev.get("state") == "failed" or self.failures > self.retries
         self.attempt_t0 = 0.0
 
+    needs_tick = False  # headless mode: `tick` runs every TICK
+
+    def tick(self, now: float) -> None:
+        """Called on every wake-up of the loop (headless mode: work-in-progress pushes, the end)."""
+
     def start_agent(self) -> None:
         self.attempt += 1
         self.attempt_t0 = time.time()
@@ -332,7 +340,8 @@ class Supervisor:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
                  "-c", self.launch.workdir, "--", *argv)
         if self.launch.delivery == "type" and self.launch.task:
-            tmux(*C.tmux_paste(target, self.launch.task, buffer="sandbox-task"))
+            # (not checked: an agent that ended at once has no pane to type into; the loop sees it end)
+            tmux(*C.tmux_paste(target, self.launch.task, buffer="sandbox-task"), check=False)
 
     def on_exit(self, code: int) -> float | None:
         """The agent's process ended: a delay before restarting it, or None to stay down."""
@@ -367,7 +376,7 @@ class Supervisor:
         self.start_agent()
         restart_at: float | None = None
         last_activity = 0.0
-        needs_clock = not self.hooks or bool(self.max_time or self.idle_timeout)
+        needs_clock = not self.hooks or bool(self.max_time or self.idle_timeout) or self.needs_tick
         while True:
             period = TICK if needs_clock else NAP
             if not self.hooks and time.time() - self.attempt_t0 < 2.0:
@@ -376,6 +385,7 @@ class Supervisor:
                 period = max(0.0, restart_at - time.time())
             _sleep(period)  # until the pane-died hook's signal, or the clock
             now = time.time()
+            self.tick(now)
             if restart_at is not None:
                 if now >= restart_at:
                     restart_at = None
@@ -416,22 +426,29 @@ class Supervisor:
             time.sleep(3600)
 
 
+def install_wake() -> None:
+    """tmux tells the supervisor at once when the agent's pane dies (see TMUX_CONF): a SIGUSR1
+    handled (not blocked: tmux and the agent would inherit a blocked mask) and turned into a
+    readable pipe that the loop waits on."""
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    WAKE.append(wake_r)
+
+
 def init() -> int:
+    if not os.path.exists(LAUNCH) and os.environ.get("SANDBOX_REPO"):
+        from sandbox.inside import headless  # (only then: the resident init of a spawned agent stays light)
+
+        return headless.main()
     launch = C.Launch.from_json(_read(LAUNCH))
     secrets: dict[str, str] = {}
     if os.path.exists(SECRETS):
         secrets = json.loads(_read(SECRETS))
     env = dict(os.environ)
     env.update(secrets)
-
-    # tmux tells the supervisor at once when the agent's pane dies (see TMUX_CONF): a SIGUSR1
-    # handled (not blocked: tmux and the agent would inherit a blocked mask) and turned into a
-    # readable pipe that the loop waits on.
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
-    WAKE.append(wake_r)
+    install_wake()
 
     def on_term(signum: int, frame: Any) -> None:
         if read_state().get("state") not in ("failed", "stopped"):
@@ -626,6 +643,10 @@ def main(argv: list[str]) -> int:
         from sandbox.inside.export import export
 
         return export(argv[1:])
+    if argv[0] == "credential":  # headless mode's git credential helper
+        from sandbox.inside.headless import credential
+
+        return credential(argv[1:])
     if argv[0] == "facts":  # for `sandbox doctor`
         from sandbox.inside.facts import facts
 

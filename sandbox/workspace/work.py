@@ -483,15 +483,16 @@ def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = Fal
     actions: list[Action] = []
     for repo in repo_list:
         actions += _gc_repo(mgr, repo, [s for s in mine if s.repo == str(repo.top)], every)
-    return actions + _gc_proxies(mgr, {s.name for s in every})
+    from sandbox import isolation
+
+    return actions + _gc_proxies(mgr, {s.name for s in every}, isolation.everything(mgr.engine, mgr.settings.run_id))
 
 
-def _gc_proxies(mgr: SandboxManager, agents: set[str]) -> list[Action]:
+def _gc_proxies(mgr: SandboxManager, agents: set[str], candidates: list[dict[str, Any]]) -> list[Action]:
     """Proxies and internal networks of isolated agents that are gone (a spawn cut short): they hold
     no work, and the model proxy holds the key, so they go. Younger than a minute: a spawn may be
     making them right now (its agent comes a moment after), so they stay."""
     settled = time.time() - 60
-    candidates = mgr.orphan_candidates()
     young = {c["Labels"][L.PROXY_OF] for c in candidates if _created(c) > settled}
     orphans = {c["Labels"][L.PROXY_OF] for c in candidates} - agents - young
     return [Action("proxy", name, "isolated agent's proxies and network; the agent is gone",

@@ -27,7 +27,7 @@ from typer.core import TyperCommand, TyperGroup, _TyperParameter
 
 from sandbox import __version__
 from sandbox.errors import SandboxError, UsageError
-from sandbox.terminal import for_stream
+from sandbox.terminal import defang, for_stream
 
 _DIGITS = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -256,6 +256,7 @@ def ls(
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     for r in rows:
         line = "  ".join(c.ljust(w) for c, w in zip(r[:n], widths)) + "  " + r[n]
+        line = defang(line)  # names, tasks, reasons: shown, never obeyed (a pipe too: `--json` is for programs)
         typer.echo(line[:width] if sys.stdout.isatty() else line)
 
 

@@ -77,6 +77,8 @@ class Launch:
     stable_after: float = 60.0     # an attempt that ran this long resets the failure count
     max_time: float = 0.0          # 0 = no limit
     idle_timeout: float = 0.0      # 0 = no limit
+    resume: list[str] = field(default_factory=list)  # args instead of the task once a conversation exists
+                                   # ("{session}": the id the hooks recorded), e.g. ["--resume", "{session}"]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -105,6 +107,9 @@ class S:
     PROMPTS = "prompts"      # prompts submitted (UserPromptSubmit hook)
     EVENT = "event"          # the last hook event
     HISTORY = "history"      # [{attempt, exit_code, started, ended}], the last 20
+    SESSION_ID = "session_id"  # Claude Code's conversation (hooks), resumed after a restart
+    TRANSCRIPT = "transcript"  # its transcript file (in the container); resumed only while it exists
+    RESUMED = "resumed"      # this attempt continues a recorded conversation (no task given again)
 
 
 STARTING, READY, IDLE, BUSY, WAITING = "starting", "ready", "idle", "busy", "waiting"
@@ -130,6 +135,28 @@ def tmux_paste(target: str, text: str, *, buffer: str, enter: bool = True) -> li
         return ["send-keys", "-t", target, "Enter"] if enter else []
     return ["set-buffer", "-b", buffer, "--", tmux_literal(text), ";",
             "paste-buffer", "-p", "-d", "-r", "-b", buffer, "-t", target, *tail]
+
+
+PASTE_CHUNK = 8000  # bytes of text per tmux invocation (tmux refuses a command line over 16 KiB)
+
+
+def tmux_pastes(target: str, text: str, *, buffer: str, enter: bool = True) -> list[list[str]]:
+    """``tmux_paste`` for text of any size: the buffer filled in chunks (``set-buffer -a``, one tmux
+    invocation each, split between characters), then one paste; a short text is one invocation."""
+    if len(text.encode()) <= PASTE_CHUNK:
+        return [tmux_paste(target, text, buffer=buffer, enter=enter)]
+    chunks, cur, size = [], [], 0
+    for ch in text:
+        n = len(ch.encode())
+        if size + n > PASTE_CHUNK:
+            chunks.append("".join(cur))
+            cur, size = [], 0
+        cur.append(ch)
+        size += n
+    chunks.append("".join(cur))
+    fill = [["set-buffer", *(["-a"] if i else []), "-b", buffer, "--", tmux_literal(c)] for i, c in enumerate(chunks)]
+    tail = [";", "send-keys", "-t", target, "Enter"] if enter else []
+    return [*fill, ["paste-buffer", "-p", "-d", "-r", "-b", buffer, "-t", target, *tail]]
 
 
 def tmux_target(session: str) -> str:

@@ -284,6 +284,8 @@ class SandboxManager(Generic[SettingsT]):
         model = model if model is not None else s.model
         if name is not None:
             agents.check_name(name)
+        if task is not None:
+            agents.check_task(task)
         spec = agents.build(agent, model, task if agent_cmd is None else None, agent_cmd)
         if agent_cmd is not None:
             spec = agents.AgentSpec(spec.name, spec.argv, "type")

@@ -83,7 +83,6 @@ class ContainerSpec:
     binds: tuple[Bind, ...]
     limits: Limits
     network: Network
-    restart_retries: int                       # the engine's on-failure restarts (the init counts them)
     launch: contract.Launch
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # copied in, never in inspect
     read_only_root: bool = False
@@ -267,6 +266,7 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         backoff=req.retry_backoff,
         max_time=req.max_time or 0.0,
         idle_timeout=req.idle_timeout or 0.0,
+        resume=list(req.agent.resume),
     )
     spec = ContainerSpec(
         name=CONTAINER_PREFIX + req.name,
@@ -278,9 +278,6 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         binds=ws.binds(),
         limits=Limits(memory=req.memory, nano_cpus=req.nano_cpus, pids=req.pids_limit),
         network=Network(req.network),
-        # A container that dies (its init killed, OOM…) is restarted by the engine; the init counts it
-        # as a failed attempt. (`docker kill`/`stop` count as manual stops: no restart.)
-        restart_retries=req.retries + 1,
         launch=launch,
         secrets=dict(req.secrets),
         nofile=req.nofile,

@@ -343,7 +343,11 @@ class Engine:
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "pids_limit": spec.limits.pids,
-            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": spec.restart_retries},
+            # unless-stopped: back after its init died (OOM, killed) and after an engine restart or a
+            # reboot (on-failure is not applied then); `sandbox stop`, `docker stop`/`kill` are manual
+            # stops, which it respects. The init bounds the restarts: it counts each as a failed attempt
+            # and, past `retries`, stays up as `failed` (README "Supervision and retries").
+            "restart_policy": {"Name": "unless-stopped"},
         }
         if spec.limits.memory:
             host_config["mem_limit"] = spec.limits.memory
@@ -377,7 +381,7 @@ class Engine:
             "tmpfs": dict(pc.tmpfs), "mounts": [{"Target": path, "Type": "volume"} for path in pc.volumes],
             "mem_limit": 256 * 1024**2, "pids_limit": 256, "network_mode": network,
             "ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096}],
-            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 5},
+            "restart_policy": {"Name": "unless-stopped"},  # back with its agent after an engine restart
         }
         if runtime:
             host_config["runtime"] = runtime

@@ -140,24 +140,43 @@ def _setup_home(launch: C.Launch, api_key: str | None) -> None:
     )
     if not launch.claude:
         return
-    claude_json = os.path.join(home, ".claude.json")
-    cfg: dict[str, Any] = {}
-    if os.path.exists(claude_json):
-        try:
-            cfg = json.loads(_read(claude_json))
-        except ValueError:
-            cfg = {}
-    cfg.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True, "autoUpdates": False})
-    if api_key:
-        cfg["customApiKeyResponses"] = {"approved": [api_key[-20:]], "rejected": []}
-    projects = cfg.setdefault("projects", {})
-    projects.setdefault(workdir, {})["hasTrustDialogAccepted"] = True
-    projects[workdir]["hasCompletedProjectOnboarding"] = True
-    _write(claude_json, json.dumps(cfg))
+    # Claude Code's own files (settings, first-run answers, conversations) live on the state mount
+    # (CLAUDE_CONFIG_DIR, see ``claude_dir``): they survive a restart of the container even where
+    # $HOME is a tmpfs (locked, isolated), so a restarted agent resumes its conversation.
+    config_dir = claude_dir()
+    os.makedirs(config_dir, exist_ok=True)
+    for claude_json in (os.path.join(config_dir, ".claude.json"), os.path.join(home, ".claude.json")):
+        cfg = _json_object(claude_json)
+        cfg.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True, "autoUpdates": False})
+        if api_key:
+            cfg["customApiKeyResponses"] = {"approved": [api_key[-20:]], "rejected": []}
+        projects = cfg.setdefault("projects", {})
+        projects.setdefault(workdir, {})["hasTrustDialogAccepted"] = True
+        projects[workdir]["hasCompletedProjectOnboarding"] = True
+        _replace(claude_json, json.dumps(cfg))
     hook_cmd = f"{sys.executable} -m sandbox.inside hook"
     hooks = {ev: [{"hooks": [{"type": "command", "command": f"{hook_cmd} {ev}"}]}] for ev in HOOK_STATES}
-    os.makedirs(os.path.join(home, ".claude"), exist_ok=True)
-    _write(os.path.join(home, ".claude", "settings.json"), json.dumps({"hooks": hooks}))
+    # Merged into what Claude Code wrote: on its first start it moves `bypassPermissionsModeAccepted`
+    # out of .claude.json into settings.json as `skipDangerousModePermissionPrompt` (a migration it
+    # runs once); rewriting settings.json without that key brought the "Bypass Permissions mode"
+    # dialog back on every restart.
+    settings_path = os.path.join(config_dir, "settings.json")
+    settings = _json_object(settings_path)
+    settings.update({"hooks": hooks, "skipDangerousModePermissionPrompt": True})
+    _replace(settings_path, json.dumps(settings))
+
+
+def claude_dir() -> str:
+    """Claude Code's config dir in the container (``CLAUDE_CONFIG_DIR``): on the state mount."""
+    return os.path.join(STATE_DIR, "claude")
+
+
+def _json_object(path: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_read(path))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _start_mock(launch: C.Launch, env: dict[str, str]) -> None:
@@ -195,6 +214,7 @@ TERMINAL = C.TERMINAL
 TICK = 1.0    # the loop's period when something needs a clock (fallback state, time limits)
 NAP = 60.0    # otherwise: only the pane-died signal (or this safety net) wakes it
 WAKE: list[int] = []  # the read end of the signal wake-up pipe, set up by init()
+SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,127}$")  # a Claude Code session id (never an option)
 
 
 def _sleep(seconds: float) -> None:
@@ -229,18 +249,77 @@ EXIT_FILE = "/tmp/sandbox-agent-exit"
 PID_FILE = "/tmp/sandbox-agent-pid"
 
 
+TASK_FILE = "/tmp/sandbox-task"          # the task, for the wrapper to pass as the last argument
+TYPED_FILE = "/tmp/sandbox-task-typed"   # the task as typed (loaded into a tmux buffer)
+
 # The pane's process: records "ATTEMPT PID", runs the agent as its child, records "ATTEMPT CODE"
 # (tmux 3.3 does not always keep a respawned pane's exit status). `trap :` (a handler, not
 # "ignore") keeps the wrapper alive on Ctrl-C while the agent, after exec, gets the default action.
+# With a task file, its content (byte-exact: the `.` keeps trailing newlines) is the agent's last
+# argument: a task of any size up to the kernel's limit for one argument, never through tmux's
+# command line (16 KiB).
 WRAPPER = (
-    'a=$1; shift; echo "$a $$" > /tmp/.pid.$$ && mv -f /tmp/.pid.$$ ' + str(PID_FILE) + '; '
-    'trap : INT QUIT TSTP; "$@"; c=$?; '
+    'a=$1; f=$2; shift 2; echo "$a $$" > /tmp/.pid.$$ && mv -f /tmp/.pid.$$ ' + str(PID_FILE) + '; '
+    'trap : INT QUIT TSTP; '
+    'if [ -n "$f" ]; then t=$(cat "$f"; echo .); t=${t%.}; "$@" "$t"; else "$@"; fi; c=$?; '
     'echo "$a $c" > /tmp/.exit.$$ && mv -f /tmp/.exit.$$ ' + str(EXIT_FILE) + '; exit $c'
 )
 
 
-def agent_command(attempt: int, argv: list[str]) -> list[str]:
-    return ["/bin/sh", "-c", WRAPPER, "sandbox-agent", str(attempt), *argv]
+def agent_command(attempt: int, argv: list[str], task_file: str = "") -> list[str]:
+    return ["/bin/sh", "-c", WRAPPER, "sandbox-agent", str(attempt), task_file, *argv]
+
+
+RAW_WAIT = 3.0   # how long a typed task waits for the agent to set its terminal up
+
+
+def _terminal(session: str) -> tuple[int, bytes] | None:
+    """The agent pane's terminal: (lflag, the VLNEXT character), or None when it cannot be read."""
+    import termios  # (only to type a task: not resident)
+
+    tty = tmux("display-message", "-p", "-t", C.tmux_target(session), "#{pane_tty}", check=False).text.strip()
+    if not tty.startswith("/dev/"):
+        return None
+    try:
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        attrs = termios.tcgetattr(fd)
+    except termios.error:
+        return None
+    finally:
+        os.close(fd)
+    lnext = attrs[6][termios.VLNEXT]
+    return int(attrs[3]), lnext if isinstance(lnext, bytes) else bytes([lnext])
+
+
+def typed_text(session: str, attempt: int, text: str) -> str:
+    """``text`` as it must be typed so the agent reads it byte-exact, once its terminal is set up.
+
+    A terminal starts cooked: its line discipline turns ^C, ^\\, ^Z into signals and ^U, ^W, DEL,
+    ^D into edits, and typing a task before the agent switched its terminal to raw had those bytes
+    obeyed (a ^\\ killed the agent, on every retry). So: wait until this attempt's agent runs and
+    its terminal leaves canonical mode (raw, or a shell's line editor), up to ``RAW_WAIT``; a
+    program that keeps it canonical (one reading lines) gets each control character but newline and
+    tab quoted with VLNEXT (^V), which the line discipline turns into that literal character."""
+    import termios
+
+    deadline = time.monotonic() + RAW_WAIT + 10.0  # (the agent's process itself may take a moment)
+    started: float | None = None
+    mode = None
+    while time.monotonic() < deadline:
+        if started is None and _agent_running(attempt):
+            started = time.monotonic()
+        mode = _terminal(session)
+        if started is not None and (mode is None or not mode[0] & termios.ICANON
+                                    or time.monotonic() - started >= RAW_WAIT):
+            break
+        time.sleep(0.02)
+    if mode is None or not mode[0] & termios.ICANON or not mode[0] & termios.IEXTEN or mode[1] in (b"\0", b""):
+        return text
+    lnext = mode[1].decode("latin-1")
+    return "".join(lnext + ch if (ch < " " and ch not in "\n\t") or ch == "\x7f" else ch for ch in text)
 
 
 def _agent_running(attempt: int) -> bool:
@@ -315,21 +394,52 @@ class Supervisor:
         self.circuit_open = prev.get("state") == "failed" or self.failures > self.retries
         self.attempt_t0 = 0.0
 
+    def resumable(self) -> str | None:
+        """The conversation to resume (Claude Code: the session id its hooks recorded, while its
+        transcript is there), else None: the agent gets its task as on its first start."""
+        if not self.launch.resume:
+            return None
+        prev = read_state()
+        sid, transcript = prev.get(C.S.SESSION_ID), prev.get(C.S.TRANSCRIPT)
+        if not isinstance(sid, str) or not SESSION_RE.match(sid) or not isinstance(transcript, str):
+            return None
+        try:
+            return sid if os.path.getsize(transcript) > 0 else None
+        except OSError:
+            return None
+
     def start_agent(self) -> None:
         self.attempt += 1
         self.attempt_t0 = time.time()
-        write_state("starting", attempt=self.attempt, failures=self.failures, exit_code=None,
-                    reason=None if self.attempt == 1 else f"restarted (attempt {self.attempt})",
-                    prompts=0, activity=self.attempt_t0, started=self.attempt_t0)
+        launch = self.launch
+        argv, task_file = list(self.argv), ""
+        task_in_argv = launch.delivery == "arg" and bool(launch.task) and bool(argv) and argv[-1] == launch.task
+        if task_in_argv:
+            argv.pop()  # (passed through a file: see WRAPPER)
+        session = self.resumable()
+        if session is not None:
+            argv += [a.replace("{session}", session) for a in launch.resume]
+        elif task_in_argv:
+            _replace(TASK_FILE, launch.task)
+            task_file = TASK_FILE
+        reason = None if self.attempt == 1 else f"restarted (attempt {self.attempt})"
+        if session is not None:
+            reason = f"resumed its conversation (attempt {self.attempt})"
+        write_state("starting", attempt=self.attempt, failures=self.failures, exit_code=None, reason=reason,
+                    prompts=0, activity=self.attempt_t0, started=self.attempt_t0, resumed=session is not None)
         target = C.tmux_target(self.session)
-        argv = agent_command(self.attempt, self.argv)
+        cmd = agent_command(self.attempt, argv, task_file)
         if tmux("has-session", "-t", f"={self.session}", check=False).exit_code == 0:
-            tmux("respawn-pane", "-k", "-t", target, "-c", self.launch.workdir, "--", *argv)
+            tmux("respawn-pane", "-k", "-t", target, "-c", launch.workdir, "--", *cmd)
         else:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
-                 "-c", self.launch.workdir, "--", *argv)
-        if self.launch.delivery == "type" and self.launch.task:
-            tmux(*C.tmux_paste(target, self.launch.task, buffer="sandbox-task"))
+                 "-c", launch.workdir, "--", *cmd)
+        if launch.delivery == "type" and launch.task and session is None:
+            # From a file (tmux's command line holds 16 KiB), once the agent's terminal is set up.
+            _replace(TYPED_FILE, typed_text(self.session, self.attempt, launch.task))
+            tmux("load-buffer", "-b", "sandbox-task", TYPED_FILE, ";",
+                 "paste-buffer", "-p", "-d", "-r", "-b", "sandbox-task", "-t", target, ";",
+                 "send-keys", "-t", target, "Enter")
 
     def on_exit(self, code: int) -> float | None:
         """The agent's process ended: a delay before restarting it, or None to stay down."""
@@ -438,6 +548,8 @@ def init() -> int:
     argv = sup.argv
     if launch.mock_model:
         _start_mock(launch, env)
+    if launch.claude:
+        env["CLAUDE_CONFIG_DIR"] = claude_dir()
     _setup_home(launch, env.get("ANTHROPIC_API_KEY"))
     os.environ.clear()
     os.environ.update(env)
@@ -498,9 +610,13 @@ def hook(event: str) -> int:
     if current.get("state") in TERMINAL:
         return 0
     fields: dict[str, Any] = {"event": event, "activity": time.time()}
+    sid, transcript = payload.get("session_id"), payload.get("transcript_path")
+    if isinstance(sid, str) and SESSION_RE.match(sid) and isinstance(transcript, str) and len(transcript) < 4096:
+        fields[C.S.SESSION_ID], fields[C.S.TRANSCRIPT] = sid, transcript  # what a restart resumes
     if event == "UserPromptSubmit":
         fields["prompts"] = int(current.get("prompts", 0)) + 1
-    elif event == "SessionStart" and int(current.get("prompts", 0)) == 0:
+    elif event == "SessionStart" and int(current.get("prompts", 0)) == 0 and not current.get(C.S.RESUMED) \
+            and payload.get("source") != "resume":
         # A task given as the prompt argument is submitted right after start: busy, not idle.
         launch = C.Launch.from_json(_read(LAUNCH))
         if launch.task and launch.delivery == "arg":

@@ -165,7 +165,7 @@ def _err(msg: str) -> None:
 
 @app.command()
 def spawn(
-    task: Annotated[Optional[str], typer.Argument(help="The task for the agent.")] = None,
+    task: Annotated[Optional[str], typer.Argument(help="The task for the agent ('-' reads stdin).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model passed to the agent (e.g. sonnet).")] = None,
     agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="claude (default), codex, gemini, aider.")] = None,
     agent_cmd: Annotated[Optional[str], typer.Option("--agent-cmd", help="Run any command instead of a preset.")] = None,
@@ -190,6 +190,8 @@ def spawn(
 
     Example: sandbox spawn --model sonnet "add login rate limiting"
     """
+    if task == "-":  # (a long task: one argument holds at most 128 KiB)
+        task = sys.stdin.read()
     script = None
     if mock_script is not None:
         try:

@@ -619,6 +619,10 @@ def gc(
             typer.echo(f"keep      {a.target}  ({a.detail})")
             continue
         note = a.run() if apply_ and a.run else None
+        if apply_ and a.run:
+            from sandbox import crash
+
+            crash.point("gc:action")
         verb = "removed" if apply_ else "would rm"
         typer.echo(f"{verb}  {a.kind:<12} {a.target}  ({a.detail}{'; ' + note if note else ''})")
     if not apply_ and any(a.kind != "keep" for a in actions):

@@ -110,6 +110,7 @@ class S:
     SESSION_ID = "session_id"  # Claude Code's conversation (hooks), resumed after a restart
     TRANSCRIPT = "transcript"  # its transcript file (in the container); resumed only while it exists
     RESUMED = "resumed"      # this attempt continues a recorded conversation (no task given again)
+    ENDED = "ended"          # epoch s the container's init ended (SIGTERM); cleared by the next init
 
 
 STARTING, READY, IDLE, BUSY, WAITING = "starting", "ready", "idle", "busy", "waiting"

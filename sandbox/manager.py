@@ -83,6 +83,8 @@ class Sandbox:
         what the container's end says (stopped by us / failed for good / exited)."""
         own = self.agent_state.get(S.STATE)
         if self.engine_state == "running":
+            if self.agent_state.get(S.ENDED):  # what the last run's init wrote as it ended: a new one is starting
+                return contract.STARTING
             return str(own or contract.STARTING)
         if self.engine_state in ("exited", "dead"):
             return str(own) if own in (contract.STOPPED, contract.FAILED) else contract.EXITED

@@ -538,6 +538,7 @@ def init() -> int:
     def on_term(signum: int, frame: Any) -> None:
         if read_state().get("state") not in ("failed", "stopped"):
             write_state("stopped", reason="stopped")
+        write_state(None, ended=time.time())  # (a running container with this set has a new init coming)
         tmux("kill-server", check=False)
         sys.exit(0)
 
@@ -545,6 +546,10 @@ def init() -> int:
     signal.signal(signal.SIGINT, on_term)
 
     sup = Supervisor(launch)
+    if not sup.circuit_open:  # at once: what a previous run of the container left is not the state now
+        write_state("starting", ended=None, reason="container started")
+    else:
+        write_state(None, ended=None)
     argv = sup.argv
     if launch.mock_model:
         _start_mock(launch, env)

@@ -96,11 +96,23 @@ def write_state(state: str | None = None, **fields: Any) -> dict[str, Any]:
                 data["since"] = time.time()
             data["state"] = state
         data["ts"] = time.time()
-        _replace(STATE, json.dumps(data))
+        try:
+            _replace(STATE, json.dumps(data))
+        except OSError:  # a full disk (the state dir shares the workspace's filesystem): kept as it was,
+            tmp = os.path.join(STATE_DIR, f".{C.STATE_FILE}.{os.getpid()}.tmp")  # written at the next change
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         return data
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+class SpawnFailed(OSError):
+    """No process could be started (EAGAIN at the pids limit: a fork bomb in the container). The
+    supervisor waits and looks again: it never takes it for the agent's death, and never dies of it."""
 
 
 def tmux(*args: str, check: bool = True) -> CommandResult:
@@ -111,6 +123,9 @@ def tmux(*args: str, check: bool = True) -> CommandResult:
     try:
         pid = os.posix_spawnp("tmux", ["tmux", *args], os.environ, file_actions=[
             (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
+    except OSError as err:
+        os.close(r)
+        raise SpawnFailed(err.errno, f"tmux {args[0]}: {err.strerror}") from None
     finally:
         os.close(w)
         os.close(null)
@@ -485,32 +500,39 @@ class Supervisor:
             if restart_at is not None:
                 if now >= restart_at:
                     restart_at = None
-                    self.start_agent()
+                    try:
+                        self.start_agent()
+                    except SpawnFailed:
+                        self.attempt -= 1
+                        restart_at = now + TICK  # (the pids limit: try again in a moment)
                 continue
-            pane = _pane(self.session)
-            if pane is None or pane["dead"]:
-                restart_at = self.on_exit(_exit_code(self.attempt, pane))
-                if restart_at is None:
+            try:
+                pane = _pane(self.session)
+                if pane is None or pane["dead"]:
+                    restart_at = self.on_exit(_exit_code(self.attempt, pane))
+                    if restart_at is None:
+                        return self.idle_forever()
+                    restart_at += now
+                    continue
+                state = read_state()
+                activity = float(state.get("activity") or 0)
+                if not self.hooks or state.get("state") == "busy":
+                    # Claude Code redraws its screen while idle: with hooks, pane output counts only when busy.
+                    activity = max(activity, pane["activity"])
+                if self.max_time and now - self.t0 >= self.max_time:
+                    self.stop_agent(pane["pid"], f"max-time {self.max_time:g}s reached")
                     return self.idle_forever()
-                restart_at += now
-                continue
-            state = read_state()
-            activity = float(state.get("activity") or 0)
-            if not self.hooks or state.get("state") == "busy":
-                # Claude Code redraws its screen while idle: with hooks, pane output counts only when busy.
-                activity = max(activity, pane["activity"])
-            if self.max_time and now - self.t0 >= self.max_time:
-                self.stop_agent(pane["pid"], f"max-time {self.max_time:g}s reached")
-                return self.idle_forever()
-            if self.idle_timeout and now - activity >= self.idle_timeout:
-                self.stop_agent(pane["pid"], f"idle-timeout {self.idle_timeout:g}s reached")
-                return self.idle_forever()
-            new = None
-            if not self.hooks and state.get("state") not in TERMINAL and _agent_running(self.attempt):
-                new = _fallback_state(self.session, pane, now)  # hook-less agents: the documented fallback
-            if (new and new != state.get("state")) or activity > last_activity + 0.5:
-                write_state(new, activity=activity)
-                last_activity = activity
+                if self.idle_timeout and now - activity >= self.idle_timeout:
+                    self.stop_agent(pane["pid"], f"idle-timeout {self.idle_timeout:g}s reached")
+                    return self.idle_forever()
+                new = None
+                if not self.hooks and state.get("state") not in TERMINAL and _agent_running(self.attempt):
+                    new = _fallback_state(self.session, pane, now)  # hook-less agents: the documented fallback
+                if (new and new != state.get("state")) or activity > last_activity + 0.5:
+                    write_state(new, activity=activity)
+                    last_activity = activity
+            except SpawnFailed:
+                continue  # no process could start (the pids limit): look again at the next tick, never give up
 
     def idle_forever(self) -> int:
         """Stay up with the pane (and its history) in place, so `logs` still works; a TERM ends it."""

@@ -181,8 +181,31 @@ def test_engine_translates_a_spec_into_dockers_wording(monkeypatch: pytest.Monke
     assert seen["host_config"]["runtime"] == "runsc"
 
 
+def test_long_text_is_pasted_in_chunks_between_characters() -> None:
+    """tmux refuses a command line over 16 KiB: a long text fills the buffer in chunks, then one paste."""
+    text = ("ü→日本;" * 3000) + "end;"
+    calls = contract.tmux_pastes("=s:", text, buffer="b")
+    *fills, paste = calls
+    assert len(fills) > 2 and paste[:2] == ["paste-buffer", "-p"] and paste[-5:] == [";", "send-keys", "-t", "=s:", "Enter"]
+    assert fills[0][:4] == ["set-buffer", "-b", "b", "--"] and all(f[:5] == ["set-buffer", "-a", "-b", "b", "--"] for f in fills[1:])
+    chunks = [f[-1] for f in fills]
+    assert all(len(c.encode()) <= contract.PASTE_CHUNK + 1 for c in chunks)
+    assert "".join(c[:-2] + ";" if c.endswith("\\;") else c for c in chunks) == text
+    assert contract.tmux_pastes("=s:", "short", buffer="b") == [contract.tmux_paste("=s:", "short", buffer="b")]
+
+
+def test_task_limits() -> None:
+    from sandbox import agents
+    from sandbox.errors import UsageError
+
+    assert agents.check_task("x" * agents.TASK_MAX)
+    for bad in ("x" * (agents.TASK_MAX + 1), "a\0b", "\udcff"):
+        with pytest.raises(UsageError):
+            agents.check_task(bad)
+
+
 def test_host_and_inside_type_the_same_paste(tmp_path: Path) -> None:
-    """What the host's driver sends and what the container's init sends are the same argv builder."""
+    """The host's driver and the contract's argv builder type the same, byte-exact."""
     sock = f"sbx-spec-{tmp_path.name[-8:]}"
     ex = LocalExecutor(("-L", sock))
     try:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 LAUNCH_DIR = "/var/lib/sandbox"                # launch.json, secrets.json (copied in before start)
 LAUNCH_FILE = LAUNCH_DIR + "/launch.json"
 SECRETS_FILE = LAUNCH_DIR + "/secrets.json"    # API keys: mode 0400, the agent's uid
+START_FILE = LAUNCH_DIR + "/start.json"        # copied in by `sandbox start`: started by the user (the
+                                               # failure count and the circuit breaker start afresh)
 STATE_MOUNT = "/run/sandbox-state"             # the per-agent state dir (host: data_dir/state/NAME)
 STATE_FILE = "state.json"                      # in STATE_MOUNT
 REPLY_FILE = "reply.txt"                       # in STATE_MOUNT: the last turn's answer (Claude Code)

@@ -656,11 +656,24 @@ class SandboxManager(Generic[SettingsT]):
             for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
                 if c.get("State") != "running":  # an isolated agent's way out first
                     self.engine.start(str(c["Id"]))
+            self._mark_user_start(sb)
             self.engine.start(sb.container_id)
             sb = self.get(name)
         else:
             since = 0.0
         return self.wait_ready(sb, since=since) if wait_ready else sb
+
+    def _mark_user_start(self, sb: Sandbox) -> None:
+        """Started by the user, not by the engine's restart policy: the init counts failures afresh (a
+        ``failed`` agent gets its attempts again). A file copied into the stopped container, owned as
+        its launch files are (the agent's uid:gid, as its state dir on the host)."""
+        try:
+            st = os.lstat(sb.labels[L.STATE_DIR])
+            uid, gid = st.st_uid, st.st_gid
+        except (KeyError, OSError):
+            uid, gid = self.settings.uid_gid()
+        files = {os.path.basename(contract.START_FILE): (b"{}\n", 0o600)}
+        self.engine.put_archive(sb.container_id, contract.LAUNCH_DIR, _tar(files, uid, gid, "."))
 
     def restart(self, name: str) -> Sandbox:
         self.stop(name)

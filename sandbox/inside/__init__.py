@@ -402,11 +402,17 @@ class Supervisor:
         prev = read_state()
         self.attempt = int(prev.get("attempt", 0))
         self.failures = int(prev.get("failures", 0))
-        if prev.get("state") in (None, "stopped", "exited"):
+        by_user = os.path.exists(C.START_FILE)  # `sandbox start`/`restart` (not the engine's restart policy)
+        if by_user:
+            try:
+                os.unlink(C.START_FILE)
+            except OSError:
+                pass
+        if by_user or prev.get("state") in (None, "stopped", "exited"):
             self.failures = 0  # a first start, or started again by the user
         elif prev.get("state") != "failed":
             self.failures += 1  # the container died under a live agent (the engine restarted it)
-        self.circuit_open = prev.get("state") == "failed" or self.failures > self.retries
+        self.circuit_open = not by_user and (prev.get("state") == "failed" or self.failures > self.retries)
         self.attempt_t0 = 0.0
 
     def resumable(self) -> str | None:
@@ -584,7 +590,7 @@ def init() -> int:
 
     if which(argv[0]) is None:
         write_state("failed", attempt=1, reason=f"{argv[0]}: command not found in the image", exit_code=127)
-        return 127
+        return sup.idle_forever()  # (up as `failed`: exiting would have the engine restart it, unless-stopped)
     return sup.run()
 
 
@@ -672,7 +678,16 @@ def main(argv: list[str]) -> int:
         print("usage: python3 -m sandbox.inside init|hook EVENT|export [...]", file=sys.stderr)
         return 2
     if argv[0] == "init":
-        return init()
+        try:
+            return init()
+        except Exception as err:  # noqa: BLE001 - the container's main process: never exit on a fault
+            # (exiting would have the engine restart the container without end: restart policy unless-stopped)
+            try:
+                write_state("failed", reason=f"the init failed: {type(err).__name__}: {err}"[:300])
+            except Exception:  # noqa: BLE001,S110 - nothing more to say
+                pass
+            while True:
+                time.sleep(3600)
     if argv[0] == "hook":
         return hook(argv[1] if len(argv) > 1 else "")
     if argv[0] == "export":  # (a separate module: the resident init never loads it)

@@ -125,4 +125,8 @@ def test_init_killed(world) -> None:  # type: ignore[no-untyped-def]
     assert r["state"] == "failed" and r["engine_state"] == "running", r  # up (logs work), not restarting
     host_healthy(env)
     intact(ws, "init")
+    # the user's restart (not the engine's): the failure count starts afresh, the agent is back
+    assert env.ok("restart", "init", timeout=120).out.strip() in ("idle", "busy")
+    r = row(env, "init")
+    assert r["state"] in ("idle", "busy") and r["attempt"] == 3, r
     env.ok("rm", "--force", "init")

@@ -23,6 +23,7 @@ class AgentSpec:
     argv: tuple[str, ...]
     delivery: Delivery
     claude: bool = False  # Claude Code: first-run answers, hooks, optional mock model
+    resume: tuple[str, ...] = ()  # instead of the task after a restart, once a conversation exists
 
     @property
     def binary(self) -> str:
@@ -45,7 +46,8 @@ def build(agent: str, model: str | None, task: str | None, agent_cmd: str | None
     m = ["--model", model] if model else []
     t = [task] if task else []
     if agent == "claude":
-        return AgentSpec(agent, ("claude", "--dangerously-skip-permissions", *m, *t), "arg", claude=True)
+        return AgentSpec(agent, ("claude", "--dangerously-skip-permissions", *m, *t), "arg", claude=True,
+                         resume=("--resume", "{session}"))
     if agent == "codex":
         # Codex's own sandbox fails under Docker's seccomp profile: the container is the sandbox.
         return AgentSpec(agent, ("codex", "--dangerously-bypass-approvals-and-sandbox", *m, *t), "arg")
@@ -66,6 +68,23 @@ def check_name(name: str) -> str:
             hint="use letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters",
         )
     return name
+
+
+TASK_MAX = 128 * 1024 - 1  # bytes: Linux's limit for one argument (MAX_ARG_STRLEN, with its NUL)
+
+
+def check_task(task: str) -> str:
+    """A task the agent can receive byte-exact (as its last argument, or typed from a file)."""
+    try:
+        size = len(task.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UsageError("the task is not valid UTF-8") from None
+    if "\0" in task:
+        raise UsageError("the task contains a NUL byte", hint="no program can receive one as an argument or typed text")
+    if size > TASK_MAX:
+        raise UsageError(f"the task is {size} bytes; at most {TASK_MAX} fit",
+                         hint="put the long part in a file in the repository and point the task at it")
+    return task
 
 
 def name_prefix(agent: str, model: str | None) -> str:

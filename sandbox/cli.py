@@ -27,7 +27,7 @@ from typer.core import TyperCommand, TyperGroup, _TyperParameter
 
 from sandbox import __version__
 from sandbox.errors import SandboxError, UsageError
-from sandbox.terminal import for_stream
+from sandbox.terminal import defang, for_stream
 
 _DIGITS = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]+)?")
@@ -170,7 +170,7 @@ def _err(msg: str) -> None:
 
 @app.command()
 def spawn(
-    task: Annotated[Optional[str], typer.Argument(help="The task for the agent.")] = None,
+    task: Annotated[Optional[str], typer.Argument(help="The task for the agent ('-' reads stdin).")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model passed to the agent (e.g. sonnet).")] = None,
     agent: Annotated[Optional[str], typer.Option("--agent", "-a", help="claude (default), codex, gemini, aider.")] = None,
     agent_cmd: Annotated[Optional[str], typer.Option("--agent-cmd", help="Run any command instead of a preset.")] = None,
@@ -201,6 +201,8 @@ def spawn(
     Example: sandbox spawn --model sonnet "add login rate limiting"
     Example: sandbox spawn --headless --repo-url https://git.example/acme/app.git --git-token-file token.txt "fix the flaky test"
     """
+    if task == "-":  # (a long task: one argument holds at most 128 KiB)
+        task = sys.stdin.read()
     script = None
     if mock_script is not None:
         try:
@@ -306,6 +308,7 @@ def ls(
     widths = [max(len(r[i]) for r in rows) for i in range(n)]
     for r in rows:
         line = "  ".join(c.ljust(w) for c, w in zip(r[:n], widths)) + "  " + r[n]
+        line = defang(line)  # names, tasks, reasons: shown, never obeyed (a pipe too: `--json` is for programs)
         typer.echo(line[:width] if sys.stdout.isatty() else line)
 
 
@@ -788,6 +791,10 @@ def gc(
             typer.echo(f"keep      {a.target}  ({a.detail})")
             continue
         note = a.run() if apply_ and a.run else None
+        if apply_ and a.run:
+            from sandbox import crash
+
+            crash.point("gc:action")
         verb = "removed" if apply_ else "would rm"
         typer.echo(f"{verb}  {a.kind:<12} {a.target}  ({a.detail}{'; ' + note if note else ''})")
     if not apply_ and any(a.kind != "keep" for a in actions):

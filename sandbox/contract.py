@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 LAUNCH_DIR = "/var/lib/sandbox"                # launch.json, secrets.json (copied in before start)
 LAUNCH_FILE = LAUNCH_DIR + "/launch.json"
 SECRETS_FILE = LAUNCH_DIR + "/secrets.json"    # API keys: mode 0400, the agent's uid
+START_FILE = LAUNCH_DIR + "/start.json"        # copied in by `sandbox start`: started by the user (the
+                                               # failure count and the circuit breaker start afresh)
 STATE_MOUNT = "/run/sandbox-state"             # the per-agent state dir (host: data_dir/state/NAME)
 STATE_FILE = "state.json"                      # in STATE_MOUNT
 REPLY_FILE = "reply.txt"                       # in STATE_MOUNT: the last turn's answer (Claude Code)
@@ -79,6 +81,8 @@ class Launch:
     idle_timeout: float = 0.0      # 0 = no limit
     max_cost: float = 0.0          # USD; 0 = no budget (stopped, work kept, when the estimate passes it)
     prices: list[Any] | None = None  # the price table (layers) the budget is judged with (sandbox.usage)
+    resume: list[str] = field(default_factory=list)  # args instead of the task once a conversation exists
+                                   # ("{session}": the id the hooks recorded), e.g. ["--resume", "{session}"]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -109,6 +113,10 @@ class S:
     HISTORY = "history"      # [{attempt, exit_code, started, ended}], the last 20
     USAGE = "usage"          # {model: {input, output, cache_write, cache_read, calls}} (Claude Code's transcript)
     OVER_BUDGET = "over_budget"  # set by a hook when the cost estimate passed max_cost: the init stops the agent
+    SESSION_ID = "session_id"  # Claude Code's conversation (hooks), resumed after a restart
+    TRANSCRIPT = "transcript"  # its transcript file (in the container); resumed only while it exists
+    RESUMED = "resumed"      # this attempt continues a recorded conversation (no task given again)
+    ENDED = "ended"          # epoch s the container's init ended (SIGTERM); cleared by the next init
 
 
 STARTING, READY, IDLE, BUSY, WAITING = "starting", "ready", "idle", "busy", "waiting"
@@ -134,6 +142,28 @@ def tmux_paste(target: str, text: str, *, buffer: str, enter: bool = True) -> li
         return ["send-keys", "-t", target, "Enter"] if enter else []
     return ["set-buffer", "-b", buffer, "--", tmux_literal(text), ";",
             "paste-buffer", "-p", "-d", "-r", "-b", buffer, "-t", target, *tail]
+
+
+PASTE_CHUNK = 8000  # bytes of text per tmux invocation (tmux refuses a command line over 16 KiB)
+
+
+def tmux_pastes(target: str, text: str, *, buffer: str, enter: bool = True) -> list[list[str]]:
+    """``tmux_paste`` for text of any size: the buffer filled in chunks (``set-buffer -a``, one tmux
+    invocation each, split between characters), then one paste; a short text is one invocation."""
+    if len(text.encode()) <= PASTE_CHUNK:
+        return [tmux_paste(target, text, buffer=buffer, enter=enter)]
+    chunks, cur, size = [], [], 0
+    for ch in text:
+        n = len(ch.encode())
+        if size + n > PASTE_CHUNK:
+            chunks.append("".join(cur))
+            cur, size = [], 0
+        cur.append(ch)
+        size += n
+    chunks.append("".join(cur))
+    fill = [["set-buffer", *(["-a"] if i else []), "-b", buffer, "--", tmux_literal(c)] for i, c in enumerate(chunks)]
+    tail = [";", "send-keys", "-t", target, "Enter"] if enter else []
+    return [*fill, ["paste-buffer", "-p", "-d", "-r", "-b", buffer, "-t", target, *tail]]
 
 
 def tmux_target(session: str) -> str:

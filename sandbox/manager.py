@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, cgroups, contract, isolation, labels as L, usage as U
+from sandbox import agentfiles, cgroups, contract, crash, isolation, labels as L, usage as U
 from sandbox.cgroups import Pressure
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
@@ -99,6 +99,8 @@ class Sandbox:
         what the container's end says (stopped by us / failed for good / exited)."""
         own = self.agent_state.get(S.STATE)
         if self.engine_state == "running":
+            if self.agent_state.get(S.ENDED):  # what the last run's init wrote as it ended: a new one is starting
+                return contract.STARTING
             return str(own or contract.STARTING)
         if self.engine_state in ("exited", "dead"):
             return str(own) if own in (contract.STOPPED, contract.FAILED) else contract.EXITED
@@ -417,6 +419,8 @@ class SandboxManager(Generic[SettingsT]):
         model = model if model is not None else s.model
         if name is not None:
             agents.check_name(name)
+        if task is not None:
+            agents.check_task(task)
         spec = agents.build(agent, model, task if agent_cmd is None else None, agent_cmd)
         if agent_cmd is not None:
             spec = agents.AgentSpec(spec.name, spec.argv, "type")
@@ -587,6 +591,32 @@ class SandboxManager(Generic[SettingsT]):
         explicit: bool,
     ) -> Sandbox:
         s = self.settings
+        with _SpawnLock(s.data_dir, name) as held:
+            if not held:
+                raise _NameTaken(name)  # another spawn on this host is making this name
+            return self._spawn_locked(name, agent, task, model, repo, base_sha, image_id, mock_script,
+                                      wait_ready, step, slot, explicit)
+
+    def spawning(self, name: str) -> bool:
+        """Is a spawn of ``name`` running on this host (its lock held)? ``gc`` leaves what it makes alone."""
+        return _SpawnLock.held(self.settings.data_dir, name)
+
+    def _spawn_locked(
+        self: SandboxManager[Settings],
+        name: str,
+        agent: agents.AgentSpec,
+        task: str | None,
+        model: str | None,
+        repo: gitops.Repo,
+        base_sha: str,
+        image_id: str,
+        mock_script: dict[str, Any] | None,
+        wait_ready: bool,
+        step: Callable[[str], None],
+        slot: capacity.Slot,
+        explicit: bool,
+    ) -> Sandbox:
+        s = self.settings
         if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
             raise _NameTaken(name)
         branch = BRANCH_PREFIX + name
@@ -628,12 +658,15 @@ class SandboxManager(Generic[SettingsT]):
         with ExitStack() as undo:
             step(f"workspace {worktree} on branch {branch}")
             self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo)
+            crash.point("spawn:workspace")
             step(f"container {container.name}")
             self._run(container, undo, slot)
+            crash.point("spawn:start")
             sandbox = self.get(name)
             if wait_ready:
                 step("waiting for the agent to be ready")
                 sandbox = self.wait_ready(sandbox)
+            crash.point("spawn:ready")
             undo.pop_all()
             return sandbox
         raise AssertionError("unreachable")
@@ -671,6 +704,7 @@ class SandboxManager(Generic[SettingsT]):
         except Conflict:
             raise _NameTaken(container.labels[L.NAME]) from None
         undo.callback(self.engine.remove, cid)
+        crash.point("spawn:create")
         slot.recheck()
         uid, gid = container.user
         self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(container.files(), uid, gid, "."))
@@ -808,11 +842,24 @@ class SandboxManager(Generic[SettingsT]):
             for c in self.proxies(name) if sb.labels.get(L.PROFILE) == "isolated" else []:
                 if c.get("State") != "running":  # an isolated agent's way out first
                     self.engine.start(str(c["Id"]))
+            self._mark_user_start(sb)
             self.engine.start(sb.container_id)
             sb = self.get(name)
         else:
             since = 0.0
         return self.wait_ready(sb, since=since) if wait_ready else sb
+
+    def _mark_user_start(self, sb: Sandbox) -> None:
+        """Started by the user, not by the engine's restart policy: the init counts failures afresh (a
+        ``failed`` agent gets its attempts again). A file copied into the stopped container, owned as
+        its launch files are (the agent's uid:gid, as its state dir on the host)."""
+        try:
+            st = os.lstat(sb.labels[L.STATE_DIR])
+            uid, gid = st.st_uid, st.st_gid
+        except (KeyError, OSError):
+            uid, gid = self.settings.uid_gid()
+        files = {os.path.basename(contract.START_FILE): (b"{}\n", 0o600)}
+        self.engine.put_archive(sb.container_id, contract.LAUNCH_DIR, _tar(files, uid, gid, "."))
 
     def restart(self, name: str) -> Sandbox:
         self.stop(name)
@@ -839,9 +886,12 @@ class SandboxManager(Generic[SettingsT]):
         if sb.headless:
             return self._remove_headless(sb, force=force)
         work.check_removable(self, sb, force=force)
+        crash.point("rm:checked")
         self.drop_container(sb)
+        crash.point("rm:container")
         gone = replace(sb, engine_state="removed")
         saved, unreadable = work.save_if_at_risk(self, gone)  # the agent is gone: this snapshot is final
+        crash.point("rm:backup")
         if saved is not None and on_backup is not None:
             on_backup(saved)
         if unreadable:
@@ -850,6 +900,7 @@ class SandboxManager(Generic[SettingsT]):
                         f" and {sb.agent_git}")
         else:
             self.drop_workspace(self.source(gone))
+        crash.point("rm:workspace")
         if delete_branch:
             gitops.branch_delete(self.repo_of(sb), sb.branch)
         shutil.rmtree(sb.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
@@ -977,10 +1028,13 @@ class SandboxManager(Generic[SettingsT]):
             self.drop_isolation(sb.name)
 
     def drop_workspace(self, src: Source) -> None:
-        """Delete what the agent had on the host (its work must be saved by the caller)."""
-        shutil.rmtree(src.workspace, ignore_errors=True)
+        """Delete what the agent had on the host (its work must be saved by the caller). The agent's
+        git dir goes first and the workspace last: cut short, what is left is an orphan workspace,
+        which ``gc`` reads (a reader container) and backs up before removing it."""
         if src.agent_git is not None:
             shutil.rmtree(src.agent_git, ignore_errors=True)
+        crash.point("rm:agent-git")
+        shutil.rmtree(src.workspace, ignore_errors=True)
         gitops.ref_delete(src.repo, WIP_PREFIX + src.name)
         self._sync_file(src.name).unlink(missing_ok=True)
 
@@ -1044,6 +1098,50 @@ def _signature(agent_git: Path | None) -> str:
 
 class _NameTaken(Exception):
     pass
+
+
+class _SpawnLock:
+    """``data_dir/spawning/NAME.lock``, flocked by the spawn of NAME while it runs (the kernel releases
+    it when the process dies, however it dies): ``gc`` does not take what a live spawn is making for
+    the leftovers of one that was cut short."""
+
+    def __init__(self, data_dir: Path, name: str) -> None:
+        self.path = data_dir / "spawning" / f"{name}.lock"
+        self.fd = -1
+
+    def __enter__(self) -> bool:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = -1
+            return False
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            self.path.unlink(missing_ok=True)  # (while held: a reader that opens it later finds nothing)
+            os.close(self.fd)
+
+    @staticmethod
+    def held(data_dir: Path, name: str) -> bool:
+        import fcntl
+
+        try:
+            fd = os.open(data_dir / "spawning" / f"{name}.lock", os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,6 @@ class ContainerSpec:
     binds: tuple[Bind, ...]
     limits: Limits
     network: Network
-    restart_retries: int                       # the engine's on-failure restarts (the init counts them)
     launch: contract.Launch
     secrets: dict[str, str] = field(default_factory=dict, repr=False)  # copied in, never in inspect
     read_only_root: bool = False
@@ -92,6 +91,7 @@ class ContainerSpec:
     nofile: int = 4096                         # open files per process
     runtime: str | None = None                 # OCI runtime (None: the engine's default)
     isolation: Isolation | None = None         # the isolated profile's proxies (made first by the runner)
+    engine_restarts: bool = True               # unless-stopped; False: never (a headless run's exit is its result)
 
     def files(self) -> dict[str, tuple[bytes, int]]:
         """What is copied into ``contract.LAUNCH_DIR`` before start: name -> (content, mode)."""
@@ -272,6 +272,7 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         idle_timeout=req.idle_timeout or 0.0,
         max_cost=req.max_cost or 0.0,
         prices=[dict(layer) for layer in req.prices] if req.max_cost and req.prices else None,
+        resume=list(req.agent.resume),
     )
     spec = ContainerSpec(
         name=CONTAINER_PREFIX + req.name,
@@ -283,9 +284,6 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         binds=ws.binds(),
         limits=Limits(memory=req.memory, nano_cpus=req.nano_cpus, pids=req.pids_limit),
         network=Network(req.network),
-        # A container that dies (its init killed, OOM…) is restarted by the engine; the init counts it
-        # as a failed attempt. (`docker kill`/`stop` count as manual stops: no restart.)
-        restart_retries=req.retries + 1,
         launch=launch,
         secrets=dict(req.secrets),
         nofile=req.nofile,
@@ -396,5 +394,5 @@ def build_headless(req: HeadlessRequest) -> HeadlessSpec:
         name=CONTAINER_PREFIX + req.name, image=req.image_id, user=(req.uid, req.gid), workdir="/tmp", labels=labels,
         env=headless_env(req), binds=(Bind(str(req.state_dir), contract.STATE_MOUNT),),
         limits=Limits(memory=req.memory, nano_cpus=req.nano_cpus, pids=req.pids_limit), network=Network(req.network),
-        restart_retries=0, launch=launch, read_only_root=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},
+        engine_restarts=False, launch=launch, read_only_root=True, tmpfs={"/tmp": "rw,nosuid,nodev,size=2g"},
         volumes=(contract.LAUNCH_DIR,), payload=payload)

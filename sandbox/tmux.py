@@ -11,7 +11,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Protocol
 
-from sandbox.contract import CommandResult, tmux_literal as literal, tmux_paste, tmux_target
+from sandbox.contract import CommandResult, tmux_literal as literal, tmux_pastes, tmux_target
 from sandbox.errors import AgentError
 
 BUFFER = "sandbox-send"
@@ -57,10 +57,10 @@ class Tmux:
         return self._run("has-session", "-t", f"={self.session}", check=False).exit_code == 0
 
     def send(self, text: str, *, enter: bool = True) -> None:
-        """Type ``text`` byte-exact (as a bracketed paste), then Enter."""
-        args = tmux_paste(self.target, text, buffer=BUFFER, enter=enter)
-        if args:
-            self._run(*args)
+        """Type ``text`` byte-exact (as a bracketed paste), then Enter; a long text in chunks."""
+        for args in tmux_pastes(self.target, text, buffer=BUFFER, enter=enter):
+            if args:
+                self._run(*args)
 
     def capture(self, lines: int | None = None) -> str:
         """The pane's text; ``lines`` of scrollback (None = all of it)."""

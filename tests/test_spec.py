@@ -50,7 +50,6 @@ def test_default_profile_spec() -> None:
                    for b in s.binds)
     assert s.network == spec.Network("sandbox-net", isolated=True) and not s.read_only_root
     assert s.limits == spec.Limits(memory=4 * 1024**3, nano_cpus=2_000_000_000, pids=1024)
-    assert s.restart_retries == 4
     assert s.labels[L.RUN_ID] == "r1" and s.labels[L.AGENT_GIT] == str(WS.agent_git)
     assert s.labels[L.WORKTREE] == str(WS.path) and s.labels[L.RETRIES] == "3"
     assert s.labels[L.SCHEMA_KEY] == L.SCHEMA and s.labels[L.MANAGED] == "1"
@@ -110,7 +109,6 @@ def test_isolated_profile_other_keys_and_the_offline_model() -> None:
 
 
 @pytest.mark.parametrize(("over", "field", "value"), [
-    ({"retries": 0}, "restart_retries", 1),
     ({"memory": 0, "nano_cpus": 0}, "limits", spec.Limits(0, 0, 1024)),
     ({"pids_limit": 64}, "limits", spec.Limits(4 * 1024**3, 2_000_000_000, 64)),
     ({"network": "other-net"}, "network", spec.Network("other-net")),
@@ -171,7 +169,7 @@ def test_engine_translates_a_spec_into_dockers_wording(monkeypatch: pytest.Monke
     assert hc["cap_drop"] == ["ALL"] and hc["security_opt"] == ["no-new-privileges:true"]
     assert hc["network_mode"] == "none" and hc["read_only"] is True and hc["mem_limit"] == 4 * 1024**3
     assert hc["mounts"] == [{"Target": contract.LAUNCH_DIR, "Type": "volume"}]
-    assert hc["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": 4}
+    assert hc["restart_policy"] == {"Name": "unless-stopped"}  # back after an engine restart; the init bounds it
     assert f"{WS.path / '.git'}:{WS.path / '.git'}:ro" in seen["binds"] and seen["user"] == "1000:1000"
     seen.clear()
     engine.create_from(spec.build(request(), WS), "net-id")
@@ -183,8 +181,31 @@ def test_engine_translates_a_spec_into_dockers_wording(monkeypatch: pytest.Monke
     assert seen["host_config"]["runtime"] == "runsc"
 
 
+def test_long_text_is_pasted_in_chunks_between_characters() -> None:
+    """tmux refuses a command line over 16 KiB: a long text fills the buffer in chunks, then one paste."""
+    text = ("ü→日本;" * 3000) + "end;"
+    calls = contract.tmux_pastes("=s:", text, buffer="b")
+    *fills, paste = calls
+    assert len(fills) > 2 and paste[:2] == ["paste-buffer", "-p"] and paste[-5:] == [";", "send-keys", "-t", "=s:", "Enter"]
+    assert fills[0][:4] == ["set-buffer", "-b", "b", "--"] and all(f[:5] == ["set-buffer", "-a", "-b", "b", "--"] for f in fills[1:])
+    chunks = [f[-1] for f in fills]
+    assert all(len(c.encode()) <= contract.PASTE_CHUNK + 1 for c in chunks)
+    assert "".join(c[:-2] + ";" if c.endswith("\\;") else c for c in chunks) == text
+    assert contract.tmux_pastes("=s:", "short", buffer="b") == [contract.tmux_paste("=s:", "short", buffer="b")]
+
+
+def test_task_limits() -> None:
+    from sandbox import agents
+    from sandbox.errors import UsageError
+
+    assert agents.check_task("x" * agents.TASK_MAX)
+    for bad in ("x" * (agents.TASK_MAX + 1), "a\0b", "\udcff"):
+        with pytest.raises(UsageError):
+            agents.check_task(bad)
+
+
 def test_host_and_inside_type_the_same_paste(tmp_path: Path) -> None:
-    """What the host's driver sends and what the container's init sends are the same argv builder."""
+    """The host's driver and the contract's argv builder type the same, byte-exact."""
     sock = f"sbx-spec-{tmp_path.name[-8:]}"
     ex = LocalExecutor(("-L", sock))
     try:

@@ -266,6 +266,8 @@ def test_gc_after_a_crash_touches_only_ours(env: Env, repo: Path, tmp_path: Path
             f"would rm  branch       sandbox/{g1}  (merged)",
             f"would rm  branch       sandbox/{g3}  (merged)",
             f"keep      sandbox/{g2}  (1 commit(s) neither merged nor pushed)",
+            f"would rm  state        {env.data / 'state' / g1}  (the agent is gone)",
+            f"would rm  state        {env.data / 'state' / g3}  (the agent is gone)",
         ])
         assert lines == expected, res.out
 

@@ -470,9 +470,12 @@ class Engine:
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "pids_limit": spec.limits.pids,
-            # (0: no restarts — Docker reads on-failure with a count of 0 as "without limit")
-            "restart_policy": ({"Name": "on-failure", "MaximumRetryCount": spec.restart_retries}
-                               if spec.restart_retries > 0 else {"Name": "no"}),
+            # unless-stopped: back after its init died (OOM, killed) and after an engine restart or a
+            # reboot (on-failure is not applied then); `sandbox stop`, `docker stop`/`kill` are manual
+            # stops, which it respects. The init bounds the restarts: it counts each as a failed attempt
+            # and, past `retries`, stays up as `failed` (README "Supervision and retries"). A headless
+            # agent is never restarted by the engine: its exit code is the result.
+            "restart_policy": {"Name": "unless-stopped" if spec.engine_restarts else "no"},
         }
         if spec.limits.memory:
             host_config["mem_limit"] = spec.limits.memory
@@ -506,7 +509,7 @@ class Engine:
             "tmpfs": dict(pc.tmpfs), "mounts": [{"Target": path, "Type": "volume"} for path in pc.volumes],
             "mem_limit": 256 * 1024**2, "pids_limit": 256, "network_mode": network,
             "ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096}],
-            "restart_policy": {"Name": "on-failure", "MaximumRetryCount": 5},
+            "restart_policy": {"Name": "unless-stopped"},  # back with its agent after an engine restart
         }
         if runtime:
             host_config["runtime"] = runtime

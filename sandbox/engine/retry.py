@@ -61,6 +61,18 @@ def _log_retry(policy: str, state: tenacity.RetryCallState) -> None:
     err = state.outcome.exception() if state.outcome else None
     log.info("engine call %s failed (%s, attempt %d, %.1fs): %s; retrying", getattr(state.fn, "__name__", "?"),
              policy, state.attempt_number, state.seconds_since_start, err)
+    _count_retry(policy, err)
+
+
+def _count_retry(policy: str, err: BaseException | None) -> None:
+    """``SANDBOX_RETRY_LOG=FILE``: one line per retry appended there (the reliability tests count
+    engine retries per 1,000 calls with it); unset, nothing."""
+    import os
+
+    path = os.environ.get("SANDBOX_RETRY_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{policy}\t{type(err).__name__}\t{str(err)[:200]!r}\n")
 
 
 @dataclass(frozen=True)
@@ -110,5 +122,6 @@ def call(policy: Policy, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         import random
         import time
 
+        _count_retry(policy.name, err)
         time.sleep(random.uniform(0, policy.first))  # (the backoff tenacity would have waited)
     return replace(policy, attempts=policy.attempts - 1).retrying()(fn, *args, **kwargs)

@@ -102,11 +102,23 @@ def write_state(state: str | None = None, **fields: Any) -> dict[str, Any]:
                 data["since"] = time.time()
             data["state"] = state
         data["ts"] = time.time()
-        _replace(STATE, json.dumps(data))
+        try:
+            _replace(STATE, json.dumps(data))
+        except OSError:  # a full disk (the state dir shares the workspace's filesystem): kept as it was,
+            tmp = os.path.join(STATE_DIR, f".{C.STATE_FILE}.{os.getpid()}.tmp")  # written at the next change
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         return data
     finally:
         if fd >= 0:
             os.close(fd)
+
+
+class SpawnFailed(OSError):
+    """No process could be started (EAGAIN at the pids limit: a fork bomb in the container). The
+    supervisor waits and looks again: it never takes it for the agent's death, and never dies of it."""
 
 
 def tmux(*args: str, check: bool = True) -> CommandResult:
@@ -117,6 +129,9 @@ def tmux(*args: str, check: bool = True) -> CommandResult:
     try:
         pid = os.posix_spawnp("tmux", ["tmux", *args], os.environ, file_actions=[
             (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, null, 2)])
+    except OSError as err:
+        os.close(r)
+        raise SpawnFailed(err.errno, f"tmux {args[0]}: {err.strerror}") from None
     finally:
         os.close(w)
         os.close(null)
@@ -146,24 +161,43 @@ def _setup_home(launch: C.Launch, api_key: str | None) -> None:
     )
     if not launch.claude:
         return
-    claude_json = os.path.join(home, ".claude.json")
-    cfg: dict[str, Any] = {}
-    if os.path.exists(claude_json):
-        try:
-            cfg = json.loads(_read(claude_json))
-        except ValueError:
-            cfg = {}
-    cfg.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True, "autoUpdates": False})
-    if api_key:
-        cfg["customApiKeyResponses"] = {"approved": [api_key[-20:]], "rejected": []}
-    projects = cfg.setdefault("projects", {})
-    projects.setdefault(workdir, {})["hasTrustDialogAccepted"] = True
-    projects[workdir]["hasCompletedProjectOnboarding"] = True
-    _write(claude_json, json.dumps(cfg))
+    # Claude Code's own files (settings, first-run answers, conversations) live on the state mount
+    # (CLAUDE_CONFIG_DIR, see ``claude_dir``): they survive a restart of the container even where
+    # $HOME is a tmpfs (locked, isolated), so a restarted agent resumes its conversation.
+    config_dir = claude_dir()
+    os.makedirs(config_dir, exist_ok=True)
+    for claude_json in (os.path.join(config_dir, ".claude.json"), os.path.join(home, ".claude.json")):
+        cfg = _json_object(claude_json)
+        cfg.update({"hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True, "autoUpdates": False})
+        if api_key:
+            cfg["customApiKeyResponses"] = {"approved": [api_key[-20:]], "rejected": []}
+        projects = cfg.setdefault("projects", {})
+        projects.setdefault(workdir, {})["hasTrustDialogAccepted"] = True
+        projects[workdir]["hasCompletedProjectOnboarding"] = True
+        _replace(claude_json, json.dumps(cfg))
     hook_cmd = f"{sys.executable} -m sandbox.inside hook"
     hooks = {ev: [{"hooks": [{"type": "command", "command": f"{hook_cmd} {ev}"}]}] for ev in HOOK_STATES}
-    os.makedirs(os.path.join(home, ".claude"), exist_ok=True)
-    _write(os.path.join(home, ".claude", "settings.json"), json.dumps({"hooks": hooks}))
+    # Merged into what Claude Code wrote: on its first start it moves `bypassPermissionsModeAccepted`
+    # out of .claude.json into settings.json as `skipDangerousModePermissionPrompt` (a migration it
+    # runs once); rewriting settings.json without that key brought the "Bypass Permissions mode"
+    # dialog back on every restart.
+    settings_path = os.path.join(config_dir, "settings.json")
+    settings = _json_object(settings_path)
+    settings.update({"hooks": hooks, "skipDangerousModePermissionPrompt": True})
+    _replace(settings_path, json.dumps(settings))
+
+
+def claude_dir() -> str:
+    """Claude Code's config dir in the container (``CLAUDE_CONFIG_DIR``): on the state mount."""
+    return os.path.join(STATE_DIR, "claude")
+
+
+def _json_object(path: str) -> dict[str, Any]:
+    try:
+        value = json.loads(_read(path))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _start_mock(launch: C.Launch, env: dict[str, str]) -> None:
@@ -201,6 +235,7 @@ TERMINAL = C.TERMINAL
 TICK = 1.0    # the loop's period when something needs a clock (fallback state, time limits)
 NAP = 60.0    # otherwise: only the pane-died signal (or this safety net) wakes it
 WAKE: list[int] = []  # the read end of the signal wake-up pipe, set up by init()
+SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,127}$")  # a Claude Code session id (never an option)
 
 
 def _sleep(seconds: float) -> None:
@@ -235,18 +270,77 @@ EXIT_FILE = "/tmp/sandbox-agent-exit"
 PID_FILE = "/tmp/sandbox-agent-pid"
 
 
+TASK_FILE = "/tmp/sandbox-task"          # the task, for the wrapper to pass as the last argument
+TYPED_FILE = "/tmp/sandbox-task-typed"   # the task as typed (loaded into a tmux buffer)
+
 # The pane's process: records "ATTEMPT PID", runs the agent as its child, records "ATTEMPT CODE"
 # (tmux 3.3 does not always keep a respawned pane's exit status). `trap :` (a handler, not
 # "ignore") keeps the wrapper alive on Ctrl-C while the agent, after exec, gets the default action.
+# With a task file, its content (byte-exact: the `.` keeps trailing newlines) is the agent's last
+# argument: a task of any size up to the kernel's limit for one argument, never through tmux's
+# command line (16 KiB).
 WRAPPER = (
-    'a=$1; shift; echo "$a $$" > /tmp/.pid.$$ && mv -f /tmp/.pid.$$ ' + str(PID_FILE) + '; '
-    'trap : INT QUIT TSTP; "$@"; c=$?; '
+    'a=$1; f=$2; shift 2; echo "$a $$" > /tmp/.pid.$$ && mv -f /tmp/.pid.$$ ' + str(PID_FILE) + '; '
+    'trap : INT QUIT TSTP; '
+    'if [ -n "$f" ]; then t=$(cat "$f"; echo .); t=${t%.}; "$@" "$t"; else "$@"; fi; c=$?; '
     'echo "$a $c" > /tmp/.exit.$$ && mv -f /tmp/.exit.$$ ' + str(EXIT_FILE) + '; exit $c'
 )
 
 
-def agent_command(attempt: int, argv: list[str]) -> list[str]:
-    return ["/bin/sh", "-c", WRAPPER, "sandbox-agent", str(attempt), *argv]
+def agent_command(attempt: int, argv: list[str], task_file: str = "") -> list[str]:
+    return ["/bin/sh", "-c", WRAPPER, "sandbox-agent", str(attempt), task_file, *argv]
+
+
+RAW_WAIT = 3.0   # how long a typed task waits for the agent to set its terminal up
+
+
+def _terminal(session: str) -> tuple[int, bytes] | None:
+    """The agent pane's terminal: (lflag, the VLNEXT character), or None when it cannot be read."""
+    import termios  # (only to type a task: not resident)
+
+    tty = tmux("display-message", "-p", "-t", C.tmux_target(session), "#{pane_tty}", check=False).text.strip()
+    if not tty.startswith("/dev/"):
+        return None
+    try:
+        fd = os.open(tty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        attrs = termios.tcgetattr(fd)
+    except termios.error:
+        return None
+    finally:
+        os.close(fd)
+    lnext = attrs[6][termios.VLNEXT]
+    return int(attrs[3]), lnext if isinstance(lnext, bytes) else bytes([lnext])
+
+
+def typed_text(session: str, attempt: int, text: str) -> str:
+    """``text`` as it must be typed so the agent reads it byte-exact, once its terminal is set up.
+
+    A terminal starts cooked: its line discipline turns ^C, ^\\, ^Z into signals and ^U, ^W, DEL,
+    ^D into edits, and typing a task before the agent switched its terminal to raw had those bytes
+    obeyed (a ^\\ killed the agent, on every retry). So: wait until this attempt's agent runs and
+    its terminal leaves canonical mode (raw, or a shell's line editor), up to ``RAW_WAIT``; a
+    program that keeps it canonical (one reading lines) gets each control character but newline and
+    tab quoted with VLNEXT (^V), which the line discipline turns into that literal character."""
+    import termios
+
+    deadline = time.monotonic() + RAW_WAIT + 10.0  # (the agent's process itself may take a moment)
+    started: float | None = None
+    mode = None
+    while time.monotonic() < deadline:
+        if started is None and _agent_running(attempt):
+            started = time.monotonic()
+        mode = _terminal(session)
+        if started is not None and (mode is None or not mode[0] & termios.ICANON
+                                    or time.monotonic() - started >= RAW_WAIT):
+            break
+        time.sleep(0.02)
+    if mode is None or not mode[0] & termios.ICANON or not mode[0] & termios.IEXTEN or mode[1] in (b"\0", b""):
+        return text
+    lnext = mode[1].decode("latin-1")
+    return "".join(lnext + ch if (ch < " " and ch not in "\n\t") or ch == "\x7f" else ch for ch in text)
 
 
 def _agent_running(attempt: int) -> bool:
@@ -314,12 +408,32 @@ class Supervisor:
         prev = read_state()
         self.attempt = int(prev.get("attempt", 0))
         self.failures = int(prev.get("failures", 0))
-        if prev.get("state") in (None, "stopped", "exited"):
+        by_user = os.path.exists(C.START_FILE)  # `sandbox start`/`restart` (not the engine's restart policy)
+        if by_user:
+            try:
+                os.unlink(C.START_FILE)
+            except OSError:
+                pass
+        if by_user or prev.get("state") in (None, "stopped", "exited"):
             self.failures = 0  # a first start, or started again by the user
         elif prev.get("state") != "failed":
             self.failures += 1  # the container died under a live agent (the engine restarted it)
-        self.circuit_open = prev.get("state") == "failed" or self.failures > self.retries
+        self.circuit_open = not by_user and (prev.get("state") == "failed" or self.failures > self.retries)
         self.attempt_t0 = 0.0
+
+    def resumable(self) -> str | None:
+        """The conversation to resume (Claude Code: the session id its hooks recorded, while its
+        transcript is there), else None: the agent gets its task as on its first start."""
+        if not self.launch.resume:
+            return None
+        prev = read_state()
+        sid, transcript = prev.get(C.S.SESSION_ID), prev.get(C.S.TRANSCRIPT)
+        if not isinstance(sid, str) or not SESSION_RE.match(sid) or not isinstance(transcript, str):
+            return None
+        try:
+            return sid if os.path.getsize(transcript) > 0 else None
+        except OSError:
+            return None
 
     needs_tick = False  # headless mode: `tick` runs every TICK
 
@@ -329,19 +443,37 @@ class Supervisor:
     def start_agent(self) -> None:
         self.attempt += 1
         self.attempt_t0 = time.time()
-        write_state("starting", attempt=self.attempt, failures=self.failures, exit_code=None,
-                    reason=None if self.attempt == 1 else f"restarted (attempt {self.attempt})",
-                    prompts=0, activity=self.attempt_t0, started=self.attempt_t0, over_budget=None)
+        launch = self.launch
+        argv, task_file = list(self.argv), ""
+        task_in_argv = launch.delivery == "arg" and bool(launch.task) and bool(argv) and argv[-1] == launch.task
+        if task_in_argv:
+            argv.pop()  # (passed through a file: see WRAPPER)
+        session = self.resumable()
+        if session is not None:
+            argv += [a.replace("{session}", session) for a in launch.resume]
+        elif task_in_argv:
+            _replace(TASK_FILE, launch.task)
+            task_file = TASK_FILE
+        reason = None if self.attempt == 1 else f"restarted (attempt {self.attempt})"
+        if session is not None:
+            reason = f"resumed its conversation (attempt {self.attempt})"
+        write_state("starting", attempt=self.attempt, failures=self.failures, exit_code=None, reason=reason,
+                    prompts=0, activity=self.attempt_t0, started=self.attempt_t0, resumed=session is not None,
+                    over_budget=None)
         target = C.tmux_target(self.session)
-        argv = agent_command(self.attempt, self.argv)
+        cmd = agent_command(self.attempt, argv, task_file)
         if tmux("has-session", "-t", f"={self.session}", check=False).exit_code == 0:
-            tmux("respawn-pane", "-k", "-t", target, "-c", self.launch.workdir, "--", *argv)
+            tmux("respawn-pane", "-k", "-t", target, "-c", launch.workdir, "--", *cmd)
         else:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
-                 "-c", self.launch.workdir, "--", *argv)
-        if self.launch.delivery == "type" and self.launch.task:
+                 "-c", launch.workdir, "--", *cmd)
+        if launch.delivery == "type" and launch.task and session is None:
+            # From a file (tmux's command line holds 16 KiB), once the agent's terminal is set up.
+            _replace(TYPED_FILE, typed_text(self.session, self.attempt, launch.task))
             # (not checked: an agent that ended at once has no pane to type into; the loop sees it end)
-            tmux(*C.tmux_paste(target, self.launch.task, buffer="sandbox-task"), check=False)
+            tmux("load-buffer", "-b", "sandbox-task", TYPED_FILE, ";",
+                 "paste-buffer", "-p", "-d", "-r", "-b", "sandbox-task", "-t", target, ";",
+                 "send-keys", "-t", target, "Enter", check=False)
 
     def on_exit(self, code: int) -> float | None:
         """The agent's process ended: a delay before restarting it, or None to stay down."""
@@ -389,36 +521,43 @@ class Supervisor:
             if restart_at is not None:
                 if now >= restart_at:
                     restart_at = None
-                    self.start_agent()
+                    try:
+                        self.start_agent()
+                    except SpawnFailed:
+                        self.attempt -= 1
+                        restart_at = now + TICK  # (the pids limit: try again in a moment)
                 continue
-            pane = _pane(self.session)
-            over = read_state().get(C.S.OVER_BUDGET) if self.launch.max_cost else None
-            if over:  # a hook saw the cost estimate pass --max-cost: stop, keep the work
-                self.stop_agent(pane["pid"] if pane and not pane["dead"] else 0, str(over))
-                return self.idle_forever()
-            if pane is None or pane["dead"]:
-                restart_at = self.on_exit(_exit_code(self.attempt, pane))
-                if restart_at is None:
+            try:
+                pane = _pane(self.session)
+                over = read_state().get(C.S.OVER_BUDGET) if self.launch.max_cost else None
+                if over:  # a hook saw the cost estimate pass --max-cost: stop, keep the work
+                    self.stop_agent(pane["pid"] if pane and not pane["dead"] else 0, str(over))
                     return self.idle_forever()
-                restart_at += now
-                continue
-            state = read_state()
-            activity = float(state.get("activity") or 0)
-            if not self.hooks or state.get("state") == "busy":
-                # Claude Code redraws its screen while idle: with hooks, pane output counts only when busy.
-                activity = max(activity, pane["activity"])
-            if self.max_time and now - self.t0 >= self.max_time:
-                self.stop_agent(pane["pid"], f"max-time {self.max_time:g}s reached")
-                return self.idle_forever()
-            if self.idle_timeout and now - activity >= self.idle_timeout:
-                self.stop_agent(pane["pid"], f"idle-timeout {self.idle_timeout:g}s reached")
-                return self.idle_forever()
-            new = None
-            if not self.hooks and state.get("state") not in TERMINAL and _agent_running(self.attempt):
-                new = _fallback_state(self.session, pane, now)  # hook-less agents: the documented fallback
-            if (new and new != state.get("state")) or activity > last_activity + 0.5:
-                write_state(new, activity=activity)
-                last_activity = activity
+                if pane is None or pane["dead"]:
+                    restart_at = self.on_exit(_exit_code(self.attempt, pane))
+                    if restart_at is None:
+                        return self.idle_forever()
+                    restart_at += now
+                    continue
+                state = read_state()
+                activity = float(state.get("activity") or 0)
+                if not self.hooks or state.get("state") == "busy":
+                    # Claude Code redraws its screen while idle: with hooks, pane output counts only when busy.
+                    activity = max(activity, pane["activity"])
+                if self.max_time and now - self.t0 >= self.max_time:
+                    self.stop_agent(pane["pid"], f"max-time {self.max_time:g}s reached")
+                    return self.idle_forever()
+                if self.idle_timeout and now - activity >= self.idle_timeout:
+                    self.stop_agent(pane["pid"], f"idle-timeout {self.idle_timeout:g}s reached")
+                    return self.idle_forever()
+                new = None
+                if not self.hooks and state.get("state") not in TERMINAL and _agent_running(self.attempt):
+                    new = _fallback_state(self.session, pane, now)  # hook-less agents: the documented fallback
+                if (new and new != state.get("state")) or activity > last_activity + 0.5:
+                    write_state(new, activity=activity)
+                    last_activity = activity
+            except SpawnFailed:
+                continue  # no process could start (the pids limit): look again at the next tick, never give up
 
     def idle_forever(self) -> int:
         """Stay up with the pane (and its history) in place, so `logs` still works; a TERM ends it."""
@@ -453,6 +592,7 @@ def init() -> int:
     def on_term(signum: int, frame: Any) -> None:
         if read_state().get("state") not in ("failed", "stopped"):
             write_state("stopped", reason="stopped")
+        write_state(None, ended=time.time())  # (a running container with this set has a new init coming)
         tmux("kill-server", check=False)
         sys.exit(0)
 
@@ -464,9 +604,15 @@ def init() -> int:
         _replace(INIT_PID, str(os.getpid()))
     except OSError:
         pass
+    if not sup.circuit_open:  # at once: what a previous run of the container left is not the state now
+        write_state("starting", ended=None, reason="container started")
+    else:
+        write_state(None, ended=None)
     argv = sup.argv
     if launch.mock_model:
         _start_mock(launch, env)
+    if launch.claude:
+        env["CLAUDE_CONFIG_DIR"] = claude_dir()
     _setup_home(launch, env.get("ANTHROPIC_API_KEY"))
     os.environ.clear()
     os.environ.update(env)
@@ -474,7 +620,7 @@ def init() -> int:
 
     if which(argv[0]) is None:
         write_state("failed", attempt=1, reason=f"{argv[0]}: command not found in the image", exit_code=127)
-        return 127
+        return sup.idle_forever()  # (up as `failed`: exiting would have the engine restart it, unless-stopped)
     return sup.run()
 
 
@@ -578,9 +724,13 @@ def hook(event: str) -> int:
     if current.get("state") in TERMINAL:
         return 0
     fields: dict[str, Any] = {"event": event, "activity": time.time()}
+    sid, transcript = payload.get("session_id"), payload.get("transcript_path")
+    if isinstance(sid, str) and SESSION_RE.match(sid) and isinstance(transcript, str) and len(transcript) < 4096:
+        fields[C.S.SESSION_ID], fields[C.S.TRANSCRIPT] = sid, transcript  # what a restart resumes
     if event == "UserPromptSubmit":
         fields["prompts"] = int(current.get("prompts", 0)) + 1
-    elif event == "SessionStart" and int(current.get("prompts", 0)) == 0:
+    elif event == "SessionStart" and int(current.get("prompts", 0)) == 0 and not current.get(C.S.RESUMED) \
+            and payload.get("source") != "resume":
         # A task given as the prompt argument is submitted right after start: busy, not idle.
         launch = C.Launch.from_json(_read(LAUNCH))
         if launch.task and launch.delivery == "arg":
@@ -636,7 +786,16 @@ def main(argv: list[str]) -> int:
         print("usage: python3 -m sandbox.inside init|hook EVENT|export [...]", file=sys.stderr)
         return 2
     if argv[0] == "init":
-        return init()
+        try:
+            return init()
+        except Exception as err:  # noqa: BLE001 - the container's main process: never exit on a fault
+            # (exiting would have the engine restart the container without end: restart policy unless-stopped)
+            try:
+                write_state("failed", reason=f"the init failed: {type(err).__name__}: {err}"[:300])
+            except Exception:  # noqa: BLE001,S110 - nothing more to say
+                pass
+            while True:
+                time.sleep(3600)
     if argv[0] == "hook":
         return hook(argv[1] if len(argv) > 1 else "")
     if argv[0] == "export":  # (a separate module: the resident init never loads it)

@@ -281,7 +281,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if path.startswith("/v1/messages"):
                 parsed = json.loads(raw or b"{}")
                 body = parsed if isinstance(parsed, dict) else {}
-            record.update(model=body.get("model"), messages=len(body.get("messages") or []))
+            messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+            record.update(model=body.get("model"), messages=len(messages),
+                          # the conversation as the model sees it (first line of each prompt): what a
+                          # test reads to know a resumed agent kept its earlier messages
+                          prompts=[(p.strip().splitlines() or [""])[0][:200]
+                                   for p in map(_prompt_text, messages) if p is not None])
             if path == "/v1/messages/count_tokens":
                 record["answer"] = "count_tokens"
                 return json.dumps({"input_tokens": _estimate_tokens(body)}).encode(), "application/json"

@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sandbox import labels as L
+from sandbox import crash, labels as L
 from sandbox.workspace import git as gitops
 from sandbox.errors import AgentError, Conflict, NotFound, RepoError, SandboxError, UsageError
 from sandbox.workspace.git import BRANCH_PREFIX, WIP_PREFIX
@@ -365,6 +365,7 @@ def merge(mgr: SandboxManager, sb: Sandbox, *, mode: str = "merge", into: str | 
     if mode not in ("merge", "squash", "rebase"):
         raise UsageError(f"unknown merge mode {mode!r}")
     work = of(mgr, sb)
+    crash.point("merge:synced")
     repo = work.repo
     current = gitops.git(repo.top, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.strip() or None
     target = into or current
@@ -421,6 +422,7 @@ def merge(mgr: SandboxManager, sb: Sandbox, *, mode: str = "merge", into: str | 
             new = gitops.git(wt, "rev-parse", "HEAD").stdout.strip()
         gitops.git(repo.top, "update-ref", f"refs/heads/{target}", new, before)
     after = _rev(repo, f"refs/heads/{target}") or before
+    crash.point("merge:merged")
     return Merged(target=target, before=before, after=after, mode=mode, committed_uncommitted=committed,
                   left_uncommitted=work.dirty and not include_uncommitted)
 
@@ -485,7 +487,33 @@ def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = Fal
         actions += _gc_repo(mgr, repo, [s for s in mine if s.repo == str(repo.top)], every)
     from sandbox import isolation
 
-    return actions + _gc_proxies(mgr, {s.name for s in every}, isolation.everything(mgr.engine, mgr.settings.run_id))
+    return actions + _gc_state(mgr, actions, every) + _gc_proxies(
+        mgr, {s.name for s in every}, isolation.everything(mgr.engine, mgr.settings.run_id))
+
+
+def _gc_state(mgr: SandboxManager, actions: list[Action], every: list[Sandbox]) -> list[Action]:
+    """State dirs of agents that are gone (no container, no workspace left in any repository, once
+    the planned actions ran) and the locks of spawns that died."""
+    from sandbox.spec import CONTAINER_PREFIX
+
+    settings = mgr.settings
+    removed = {a.target.removeprefix(CONTAINER_PREFIX) for a in actions if a.kind == "container"}  # (they take theirs)
+    dropping = {Path(a.target).name for a in actions if a.kind == "workspace"}
+    everywhere = {p.name for d in _dirs(settings.data_dir / "workspaces") for p in _dirs(d)} - dropping
+    names = {s.name for s in every} - removed
+    out: list[Action] = []
+    for state_dir in _dirs(settings.data_dir / "state"):
+        name = state_dir.name
+        if name in names or name in removed or name in everywhere or mgr.spawning(name):
+            continue
+        out.append(Action("state", str(state_dir), "the agent is gone",
+                          run=lambda d=state_dir: shutil.rmtree(d, ignore_errors=True)))
+    lock_dir = settings.data_dir / "spawning"
+    for lock in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
+        if not mgr.spawning(lock.name[:-5]):  # the lock of a spawn that died
+            out.append(Action("state", str(lock), "the lock of a spawn that was cut short",
+                              run=lambda p=lock: p.unlink(missing_ok=True)))
+    return out
 
 
 def _gc_proxies(mgr: SandboxManager, agents: set[str], candidates: list[dict[str, Any]]) -> list[Action]:
@@ -537,9 +565,20 @@ def _gc_repo(mgr: SandboxManager, repo: gitops.Repo, mine: list[Sandbox], every:
     actions: list[Action] = []
     live = {s.labels.get(L.WORKTREE) for s in every}
     gone: set[str] = set()
-    # 1. our containers whose workspace is gone (its commits are brought over first)
+    # 1. our containers whose workspace is gone (its commits are brought over first); and containers
+    #    a spawn created but never started (it was cut short: the agent never ran), with their workspace
     for s in mine:
-        if not s.worktree.exists():
+        if s.engine_state == "created" and not mgr.spawning(s.name):
+            gone.add(s.container_id)
+            live.discard(s.labels.get(L.WORKTREE))  # (its workspace: step 2, read and saved as any orphan)
+
+            def drop_unstarted(s: Sandbox = s) -> str | None:
+                mgr.drop_container(s)
+                shutil.rmtree(s.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
+                return None
+            actions.append(Action("container", s.container_name, "created by a spawn that was cut short; never started",
+                                  run=drop_unstarted))
+        elif not s.worktree.exists():
             gone.add(s.container_id)
 
             def drop_container(s: Sandbox = s) -> str | None:
@@ -552,8 +591,12 @@ def _gc_repo(mgr: SandboxManager, repo: gitops.Repo, mine: list[Sandbox], every:
             actions.append(Action("container", s.container_name, f"workspace {s.worktree} is gone", run=drop_container))
     # 2. our workspaces with no container: read once more (a reader container), saved when at risk
     slug_dir = settings.data_dir / "workspaces" / repo.slug
+    dropping: set[str] = set()
     for ws in _dirs(slug_dir):
         if str(ws) in live:
+            continue
+        if mgr.spawning(ws.name):
+            actions.append(Action("keep", str(ws), "a spawn is making it"))
             continue
         src = Source(name=ws.name, repo=repo, branch=BRANCH_PREFIX + ws.name, workspace=ws,
                      agent_git=settings.data_dir / "agent-git" / repo.slug / ws.name,
@@ -568,8 +611,26 @@ def _gc_repo(mgr: SandboxManager, repo: gitops.Repo, mine: list[Sandbox], every:
             saved = backup(work) if at_risk else None
             mgr.drop_workspace(src)
             return f"saved first as {saved.ref}" if saved else None
+        dropping.add(ws.name)
         actions.append(Action("workspace", str(ws), "no container" + (
             f", {at_risk.describe()} backed up first" if at_risk else ""), run=drop))
+    # 2b. an agent's git dir with neither workspace nor container (a removal cut short): its commits
+    #     brought over (a reader container), then removed
+    for agent_git in _dirs(settings.data_dir / "agent-git" / repo.slug):
+        name = agent_git.name
+        if (slug_dir / name).exists() or any(s.name == name for s in every) or mgr.spawning(name):
+            continue
+        src = Source(name=name, repo=repo, branch=BRANCH_PREFIX + name, workspace=slug_dir / name, agent_git=agent_git,
+                     uid=os.lstat(agent_git).st_uid or settings.uid_gid()[0], image=settings.image)
+
+        def drop_git(src: Source = src) -> str | None:
+            synced = mgr.sync(src, snapshot=False)
+            if not synced.ok:
+                return f"kept: its commits cannot be read ({synced.reason})"
+            mgr.drop_workspace(src)
+            return None
+        actions.append(Action("workspace", str(agent_git), "an agent's repository with no workspace or container",
+                              run=drop_git))
     # 3. sandbox/* branches of removed agents that are merged (and their workspace snapshots)
     live_branches = {s.branch for s in every if s.container_id not in gone and s.repo == str(repo.top)}
     checked = set(_checked_out(repo))

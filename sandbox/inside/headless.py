@@ -654,6 +654,8 @@ def start(cfg: Config, git: Git, lease: str) -> Headless:
     env = {k: v for k, v in os.environ.items() if k not in ("SANDBOX_GIT_TOKEN", "SANDBOX_GIT_TOKEN_FILE",
                                                             "ANTHROPIC_API_KEY_FILE")}
     env.update(HOME=cfg.home, SANDBOX_LAUNCH_FILE=launch_file, SANDBOX_STATE_DIR=cfg.state_dir)
+    if cfg.claude:  # where _setup_home puts Claude Code's settings and hooks (on the state dir, as for spawned agents)
+        env["CLAUDE_CONFIG_DIR"] = I.claude_dir()
     if cfg.api_key:
         env["ANTHROPIC_API_KEY"] = cfg.api_key
     I.install_wake()

@@ -245,10 +245,10 @@ def test_gc_after_a_crash_touches_only_ours(env: Env, repo: Path, tmp_path: Path
     g4, w4 = spawn(env, repo, "alive")
     # Foreign things.
     foreign_c = f"foreign-{uuid.uuid4().hex[:6]}"
-    subprocess.run(["docker", "run", "-d", "--name", foreign_c, "--label", f"sandbox.name={g1}",
-                    "--label", f"sandbox.repo={repo}", "--label", f"sandbox.worktree={tmp_path}/nowhere",
-                    "--entrypoint", "sleep", env.env["SANDBOX_IMAGE"], "60"], check=True, capture_output=True)
     try:
+        subprocess.run(["docker", "run", "-d", "--name", foreign_c, "--label", f"sandbox.name={g1}",
+                        "--label", f"sandbox.repo={repo}", "--label", f"sandbox.worktree={tmp_path}/nowhere",
+                        "--entrypoint", "sleep", env.env["SANDBOX_IMAGE"], "60"], check=True, capture_output=True)
         git(repo, "worktree", "add", "-q", "-b", "foreign-wt", str(tmp_path / "foreign-wt"))
         git(repo, "worktree", "add", "-q", "--detach", str(tmp_path / "foreign-gone"))
         subprocess.run(["rm", "-rf", str(tmp_path / "foreign-gone")], check=True)

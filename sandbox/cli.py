@@ -219,7 +219,7 @@ def spawn(
         sb = hmgr.spawn_headless(task, repo_url=repo_url, name=name, agent=agent, model=model, agent_cmd=agent_cmd,
                                  base=base, branch=push_branch, git_token_file=git_token_file, mock_script=script,
                                  wait_ready=not no_wait, on_step=say)
-        _show_spawned(sb, as_json, f"  pushes:   {sb.branch} to {repo_url}")
+        _show_spawned(sb, as_json, f"  pushes:   {sb.branch} to {repo_url}", hmgr.settings.price_table())
         return
     mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model, retries=retries,
                    max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout, runtime=runtime,
@@ -234,13 +234,13 @@ def spawn(
     say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
     sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
                    mock_script=script, wait_ready=not no_wait, on_step=say, queue=queue)
-    _show_spawned(sb, as_json, f"  branch:   {sb.branch}\n  worktree: {sb.worktree}")
+    _show_spawned(sb, as_json, f"  branch:   {sb.branch}\n  worktree: {sb.worktree}", mgr.settings.price_table())
 
 
-def _show_spawned(sb: Any, as_json: bool, where: str) -> None:
+def _show_spawned(sb: Any, as_json: bool, where: str, prices: Any) -> None:
     """The new agent: its name on stdout (or all of it as JSON), where it works and how to attach on stderr."""
     if as_json:
-        typer.echo(json.dumps(sb.to_json(mgr.settings.price_table()), indent=2))
+        typer.echo(json.dumps(sb.to_json(prices), indent=2))
         return
     typer.echo(sb.name)
     _err(f"{where}\n  state:    {sb.state}\n  attach:   {' '.join(sb.attach_command())}   (or: sandbox attach {sb.name})")

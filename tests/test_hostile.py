@@ -329,5 +329,8 @@ def test_network_is_made_once_when_spawns_race_and_locked_has_none(env: Env, rep
     finally:
         for name in names:
             env.run("rm", "--force", name, timeout=BOUND)
-        for n in (net, direct, foreign, locked_net):
-            subprocess.run(["docker", "network", "rm", n], capture_output=True, timeout=BOUND)
+        for n in (net, direct, foreign, locked_net):  # by id: a lost race leaves two of one name ("ambiguous")
+            ids = subprocess.run(["docker", "network", "ls", "-q", "--no-trunc", "--filter", f"name=^{n}$"],
+                                 capture_output=True, text=True, timeout=BOUND).stdout.split()
+            if ids:
+                subprocess.run(["docker", "network", "rm", *ids], capture_output=True, timeout=BOUND)

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -45,6 +46,43 @@ PS_JSON = ('{"ID":{{json .ID}},"Names":{{json .Names}},"Image":{{json .Image}},"
 PS_TABLE = ('table {{.Label "sandbox.name"}}\t{{.Label "sandbox.agent"}}/{{.Label "sandbox.model"}}\t{{.State}}'
             '\t{{.Status}}\t{{.Label "sandbox.branch"}}\t{{.Label "sandbox.repo"}}\t{{.RunningFor}}'
             '\t{{.Label "sandbox.task"}}')
+
+
+# The raw Claude Code baseline (``Bench.raw_claude``): what the in-container init does for it (``_start_mock``,
+# ``_setup_home``), by hand in `sh`. Claude Code skips its first-run dialogs (onboarding, the custom API key,
+# trusting the folder, bypass-permissions mode) on these answers, in its config dir and in $HOME.
+RAW_CLAUDE_WORKDIR = "/home/agent/work"
+RAW_CLAUDE_KEY = "sk-ant-sandbox-mock-model-offline-0000"
+_RAW_CLAUDE_JSON = json.dumps({
+    "hasCompletedOnboarding": True, "bypassPermissionsModeAccepted": True, "autoUpdates": False,
+    "customApiKeyResponses": {"approved": [RAW_CLAUDE_KEY[-20:]], "rejected": []},
+    "projects": {RAW_CLAUDE_WORKDIR: {"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True}}})
+RAW_CLAUDE_START = f"""set -e
+W={RAW_CLAUDE_WORKDIR}; C=/tmp/claude-config
+mkdir -p "$W" "$C"
+setsid python3 -m sandbox.inside.mockmodel --host 127.0.0.1 --port 0 --ready-file /tmp/mock.port \\
+  --log /tmp/mock.log </dev/null >/dev/null 2>&1 &
+i=0; while [ ! -s /tmp/mock.port ]; do i=$((i + 1)); [ $i -lt 1500 ] || {{ echo 'no mock model' >&2; exit 3; }}; sleep 0.01; done
+printf '%s' {shlex.quote(_RAW_CLAUDE_JSON)} > "$C/.claude.json"
+printf '%s' {shlex.quote(_RAW_CLAUDE_JSON)} > "$HOME/.claude.json"
+printf '%s' '{{"skipDangerousModePermissionPrompt": true}}' > "$C/settings.json"
+unset ANTHROPIC_AUTH_TOKEN
+export CLAUDE_CONFIG_DIR="$C" ANTHROPIC_BASE_URL="http://127.0.0.1:$(cat /tmp/mock.port)" ANTHROPIC_API_KEY={RAW_CLAUDE_KEY}
+tmux new-session -d -s raw -x 140 -y 45 -c "$W" claude --dangerously-skip-permissions
+"""
+# Claude Code's prompt in a pane: the input line `❯ ` between two rules, and the footer below them
+# ("⏵⏵ bypass permissions on (shift+tab to cycle)"). The footer alone is not enough (its dialogs use `❯` as
+# their cursor but have no footer); both together are the prompt. Claude Code versions change this text.
+CLAUDE_PROMPT = ("^❯", "bypass permissions on")
+RAW_CLAUDE_WAIT_S = 60
+RAW_CLAUDE_WAIT = f"""end=$(($(date +%s) + {RAW_CLAUDE_WAIT_S}))
+while :; do
+  p=$(tmux capture-pane -p -t raw 2>/dev/null) || p=
+  if printf '%s\\n' "$p" | grep -q {shlex.quote(CLAUDE_PROMPT[0])} && printf '%s\\n' "$p" | grep -qF {shlex.quote(CLAUDE_PROMPT[1])}; then exit 0; fi
+  [ "$(date +%s)" -lt $end ] || {{ echo 'no prompt' >&2; exit 4; }}
+  sleep 0.02
+done
+"""
 
 
 def sandbox_bin() -> list[str]:
@@ -184,15 +222,53 @@ class Bench:
         self.record("version_s", median(ver))
         self.record("help_s", median(hlp))
 
+    def raw_claude(self) -> tuple[float, dict[str, float]]:
+        """Claude Code on the scripted model by hand: `docker run -d` of the same image (sleeping, same uid,
+        no mounts), one `docker exec sh -c` that does what the init does (the scripted model on 127.0.0.1,
+        Claude Code's first-run answers, its env) and starts `claude` in tmux, then a second `docker exec`
+        that polls `tmux capture-pane` until Claude Code's prompt shows (see ``CLAUDE_PROMPT``)."""
+        self.raw_n += 1
+        name = f"raw-{self.run_id}-c{self.raw_n}"
+        t0 = time.perf_counter()
+        self.run(["docker", "run", "-d", "--name", name, "--label", f"sandbox.run-id={self.run_id}",
+                  "--user", f"{self.uid}:{self.uid}", "--cap-drop", "ALL", "--security-opt",
+                  "no-new-privileges:true", "--pids-limit", "1024", "--init", "--entrypoint", "sleep", IMAGE,
+                  "infinity"])
+        t1 = time.perf_counter()
+        self.run(["docker", "exec", name, "sh", "-c", RAW_CLAUDE_START])
+        t2 = time.perf_counter()
+        _, proc = self.run(["docker", "exec", name, "sh", "-c", RAW_CLAUDE_WAIT], check=False)
+        t3 = time.perf_counter()
+        if proc.returncode != 0:
+            pane = self.run(["docker", "exec", name, "tmux", "capture-pane", "-p", "-t", "raw"],
+                            check=False)[1].stdout
+            self.raw_rm([name])
+            raise RuntimeError(f"raw Claude Code: no prompt within {RAW_CLAUDE_WAIT_S} s: "
+                               f"{proc.stderr.strip()[-200:]} pane: {' | '.join(l.strip() for l in pane.splitlines() if l.strip())[-400:]}")
+        self.raw_rm([name])
+        return t3 - t0, {"run": t1 - t0, "start": t2 - t1, "prompt": t3 - t2}
+
     def claude_spawn(self) -> None:
-        print("spawn until ready: real Claude Code against the scripted model", flush=True)
-        times = []
-        for i in range(1 if self.quick else 3):
+        print(f"spawn until ready: real Claude Code against the scripted model, x{self.reps} "
+              "(interleaved with docker run + claude in tmux by hand)", flush=True)
+        sb, raw, phases = [], [], []
+        for i in range(self.reps):
             name = f"claude-{i + 1}"
             dt, _ = self.cli("spawn", "--name", name, "--mock-model", "on")
-            times.append(dt)
+            sb.append(dt)
             self.cli("rm", "--force", name, check=False)
-        self.record("claude_spawn_s", median(times))
+            try:
+                dt, ph = self.raw_claude()
+            except RuntimeError as e:
+                self.notes.append(f"raw Claude Code baseline: {e}")
+                continue
+            raw.append(dt)
+            phases.append(ph)
+        self.record("claude_spawn_s", median(sb))
+        self.record("claude_spawn_raw_s", median(raw))
+        if phases:
+            self.record("claude_spawn_raw_phases_s",
+                        {k: round(median([p[k] for p in phases]) or 0, 3) for k in phases[0]})
 
     def single_spawns(self) -> None:
         print(f"spawn until ready, shell agent, x{self.reps} (interleaved with the raw sequence)", flush=True)

@@ -141,11 +141,12 @@ if TYPE_CHECKING:
 
 
 def _manager(repo: Path | None = None, **flags: Any) -> "SandboxManager[Settings]":
-    """A manager with the full ``Settings`` (pydantic): for spawning and everything else."""
-    from sandbox.config import load_settings
+    """A manager with the full ``Settings`` (pydantic's, or their ``lightsettings.Snapshot`` when these
+    very inputs were validated before): for spawning and everything else."""
+    from sandbox import lightsettings
     from sandbox.manager import SandboxManager
 
-    return SandboxManager(load_settings(repo, **flags))
+    return SandboxManager(lightsettings.full(repo, **flags)[1])
 
 
 def _reader(repo: Path | None = None) -> "tuple[Path | None, SandboxManager[ManagerSettings]]":
@@ -195,12 +196,16 @@ def spawn(
     push_branch: Annotated[Optional[str], typer.Option("--push-branch", help="With --headless: the branch pushed (default sandbox/NAME).")] = None,
     git_token_file: Annotated[Optional[Path], typer.Option("--git-token-file", help="With --headless: a file holding a token that may push (copied in, never in inspect).")] = None,
     max_cost: Annotated[Optional[float], typer.Option("--max-cost", help="Stop the agent (work kept) when its cost estimate passes USD (Claude Code).")] = None,
+    trace: Annotated[bool, typer.Option("--trace", help="Print where the spawn's time went, step by step, on stderr.")] = False,
 ) -> None:
     """Start an agent in its own container on a new worktree and branch (--headless: on a clone of --repo-url).
 
     Example: sandbox spawn --model sonnet "add login rate limiting"
     Example: sandbox spawn --headless --repo-url https://git.example/acme/app.git --git-token-file token.txt "fix the flaky test"
     """
+    from sandbox.trace import Trace
+
+    tracer = Trace() if trace else None
     if task == "-":  # (a long task: one argument holds at most 128 KiB)
         task = sys.stdin.read()
     script = None
@@ -224,6 +229,8 @@ def spawn(
     mgr = _manager(repo, profile=profile, image=image, mock_model=mock_model, retries=retries,
                    max_agents=max_agents, max_time=max_time, idle_timeout=idle_timeout, runtime=runtime,
                    max_cost=max_cost)
+    if tracer:
+        tracer.mark("settings")
     if allow:
         from sandbox.config import settings_from
 
@@ -233,8 +240,57 @@ def spawn(
         mgr.settings = settings_from({}, {**mgr.settings.model_dump(), "allow": [*mgr.settings.allow, *allow]})
     say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
     sb = mgr.spawn(task, repo_path=repo, name=name, agent=agent, model=model, agent_cmd=agent_cmd, base=base,
-                   mock_script=script, wait_ready=not no_wait, on_step=say, queue=queue)
+                   mock_script=script, wait_ready=not no_wait, on_step=say, queue=queue, trace=tracer)
     _show_spawned(sb, as_json, f"  branch:   {sb.branch}\n  worktree: {sb.worktree}", mgr.settings.price_table())
+    if tracer:
+        tracer.mark("print")
+        for line in tracer.lines():
+            _err(line)
+
+
+@app.command("pool")
+def pool_cmd(
+    size: Annotated[Optional[int], typer.Option("--size", help="Keep this many started, unclaimed containers for this repository (0: none).")] = None,
+    image: Annotated[Optional[str], typer.Option("--image", help="Agent image (default sandbox-agent:latest).")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", help="default or locked (the isolated profile has no pool).")] = None,
+    repo: RepoOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the pool as JSON.")] = False,
+    top_up: Annotated[Optional[str], typer.Option("--top-up", hidden=True, help="(run by spawn, detached) top pool KEY up.")] = None,
+) -> None:
+    """Keep a warm pool: started containers that `spawn` claims (same image, profile and settings), so an agent starts in a blink.
+
+    Example: sandbox pool --size 3
+    Example: sandbox pool            (what is pooled on this host; --size 0 empties this repository's pool)
+    """
+    from sandbox import pool as pool_
+    from sandbox.workspace import git as gitops
+
+    if top_up is not None:  # (the background top-up after a claim: the pool's own settings)
+        mgr0 = _manager(repo)
+        record = pool_.read_record(mgr0.settings.data_dir, top_up)
+        if record and record.get("repo"):
+            mgr = _manager(Path(record["repo"]), **(record.get("flags") or {}))
+            mgr.pool_fill(top_up, gitops.find_repo(Path(record["repo"])), wait=False)
+        return
+    mgr = _manager(repo, image=image, profile=profile)
+    if size is None:
+        status = mgr.pool_status()
+        if as_json:
+            typer.echo(json.dumps(status, indent=2))
+            return
+        if not status["pools"]:
+            _err("no warm pool on this host (`sandbox pool --size K` in a repository makes one)")
+        for p in status["pools"]:
+            typer.echo(f"{p['key']}  {p['ready']}/{p['size']} ready, {p['starting']} starting, {p['claimed']} claimed  "
+                       f"{p['profile']}  {p['image']}  {p['repo']}")
+        return
+    say = (lambda m: _err(f"… {m}")) if sys.stderr.isatty() and not as_json else None
+    found = gitops.find_repo(repo or Path.cwd())
+    got = mgr.pool_set(found, size, {"image": image, "profile": profile}, on_step=say)
+    if as_json:
+        typer.echo(json.dumps(got, indent=2))
+        return
+    typer.echo(f"pool {got['key']}: {got['ready']}/{got['size']} ready ({got['profile']}, {got['image']}, {got['repo']})")
 
 
 def _show_spawned(sb: Any, as_json: bool, where: str, prices: Any) -> None:

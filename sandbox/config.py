@@ -34,6 +34,7 @@ from sandbox.lightsettings import (
     ROOT_FALLBACK_UID as ROOT_FALLBACK_UID,
     agent_ids,
     default_data_dir,
+    memory_bytes,
     xdg_dir,
 )
 
@@ -171,15 +172,6 @@ class Settings(BaseSettings):
 
 # The settings files' values for the Settings being built (pydantic calls the classmethod above).
 _FILE_VALUES: ContextVar[dict[str, Any] | None] = ContextVar("_FILE_VALUES", default=None)
-
-
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
-
-def memory_bytes(text: str) -> int | None:
-    """``4g`` -> 4294967296 (docker's units: b, k, m, g, optionally followed by b); None if malformed."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmg]?)b?", text.strip().lower())
-    return int(float(m.group(1)) * _UNITS[m.group(2)]) if m else None
 
 
 def _mask(value: str) -> str:

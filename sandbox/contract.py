@@ -33,6 +33,10 @@ START_FILE = LAUNCH_DIR + "/start.json"        # copied in by `sandbox start`: s
                                                # failure count and the circuit breaker start afresh)
 STATE_MOUNT = "/run/sandbox-state"             # the per-agent state dir (host: data_dir/state/NAME)
 STATE_FILE = "state.json"                      # in STATE_MOUNT
+STATE_LAUNCH = "launch.json"                   # in STATE_MOUNT: the launch document, written there by the
+STATE_LAUNCH_FILE = STATE_MOUNT + "/" + STATE_LAUNCH  # host before start (or a warm pool's claim)
+POOL_ENV = "SANDBOX_POOL"                      # set on a warm pool's container: the init waits for a claim
+POOLED = "pooled"                              # its state until then (never an agent's)
 REPLY_FILE = "reply.txt"                       # in STATE_MOUNT: the last turn's answer (Claude Code)
 AGENT_GIT = "/var/lib/sandbox-git"             # the agent's own git dir (host: data_dir/agent-git/SLUG/NAME)
 GITFILE = "gitdir: " + AGENT_GIT + "\n"        # the workspace's .git file (mounted read-only over it)

@@ -38,6 +38,9 @@ ALLOW = PREFIX + "allow"          # isolated profile: the egress allowlist, comm
 # On an isolated agent's proxies and internal network (never sandbox.managed: they are not agents)
 PROXY_OF = PREFIX + "proxy-of"    # the agent's name
 PROXY_ROLE = PREFIX + "proxy-role"  # "model", "egress" or "network"
+# On a warm pool's containers (never sandbox.managed: not agents until claimed; the claim is on the host)
+POOL = PREFIX + "pool"            # the pool's key (sandbox.pool)
+POOL_SLOT = PREFIX + "pool-slot"  # the slot's id
 BACKEND = PREFIX + "backend"      # "swarm": a Swarm service's task (absent: the local engine)
 SWARM = "swarm"
 SWARM_SERVICE = "com.docker.swarm.service.id"   # set by Swarm on a task's container
@@ -59,6 +62,15 @@ TASK_SUMMARY_MAX = 200
 def managed_filter(*extra: str) -> list[str]:
     """Label filters for the engine's list call (``key`` or ``key=value``)."""
     return [f"{MANAGED}=1", *extra]
+
+
+def matches(labels: dict[str, str], filters: list[str]) -> bool:
+    """Do ``labels`` pass every ``key`` or ``key=value`` filter (the engine's own rule, done here)?"""
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if key not in labels or (eq and labels[key] != value):
+            return False
+    return True
 
 
 def summarize(task: str, limit: int = TASK_SUMMARY_MAX) -> str:

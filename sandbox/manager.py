@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, cgroups, contract, crash, isolation, labels as L, usage as U
+from sandbox import agentfiles, cgroups, contract, crash, isolation, labels as L, pool, usage as U
 from sandbox.cgroups import Pressure
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
@@ -234,6 +234,21 @@ def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int, top: str) -> b
     return buf.getvalue()
 
 
+def _write_state_files(container: spec_.ContainerSpec, uid: int, gid: int) -> None:
+    """The spec's ``state_files`` into its state dir, which the host made a moment ago and no agent
+    process has seen: created afresh (``O_EXCL``, no link followed), the agent's uid as owner."""
+    state_dir = container.state_dir
+    for name, (data, mode) in container.state_files().items():
+        assert state_dir is not None
+        fd = os.open(os.path.join(state_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            os.write(fd, data)
+            if os.getuid() == 0:
+                os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
+
+
 def _chown_tree(uid: int, gid: int, *paths: Path) -> None:
     """Give the agent uid what the host made for it (its workspace and git dir), never following links."""
     for path in paths:
@@ -249,6 +264,7 @@ class SandboxManager(Generic[SettingsT]):
     def __init__(self, settings: SettingsT, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or Engine()
+        self._trace: Any = None  # (spawn: sandbox.trace.Trace, or its OFF)
         self._swarm: Any = None
         self._nodes: dict[str, Engine | None] = {}
         if getattr(settings, "engine", "local") not in ("local", "swarm"):
@@ -269,12 +285,26 @@ class SandboxManager(Generic[SettingsT]):
         return self._swarm
 
     def _containers(self, filters: list[str]) -> list[dict[str, Any]]:
-        """The engine side of discovery: this engine's containers, or the swarm's agents."""
+        """The engine side of discovery: this engine's containers, or the swarm's agents. A claimed warm
+        pool container counts with the labels of its claim (``sandbox.pool``): then one list of every
+        container of ours, and the filters applied here."""
         if self.on_swarm:
             from sandbox.engine.swarm import agent_containers
 
             return agent_containers(self.engine, self.swarm, filters, self._node_engine)
-        return self.engine.list_containers(filters)
+        claims = pool.claims(self.settings.data_dir)
+        if not claims:
+            return self.engine.list_containers(filters)
+        found = []
+        for c in self.engine.list_containers([L.SCHEMA_KEY, *(f for f in filters if f.startswith(L.RUN_ID + "="))]):
+            labels = c.get("Labels") or {}
+            if L.POOL_SLOT in labels:
+                if labels[L.POOL_SLOT] not in claims:
+                    continue  # (in the pool: not an agent)
+                c = {**c, "Labels": claims[labels[L.POOL_SLOT]]}
+            if L.matches(c["Labels"], filters):
+                found.append(c)
+        return found
 
     def _node_engine(self, context: str) -> Engine | None:
         """The engine of another swarm node, through the Docker context of that name (None: none)."""
@@ -342,7 +372,10 @@ class SandboxManager(Generic[SettingsT]):
         return sorted(found, key=lambda s: (s.labels.get(L.CREATED, ""), s.name))
 
     def event_filters(self) -> list[str]:
-        """The label filters of this manager's agents (managed, this run id): for ``Engine.events``."""
+        """The label filters of this manager's agents (managed, this run id): for ``Engine.events``;
+        with warm pool agents about, every container of ours (a claimed one has no agent's labels)."""
+        if pool.claims(self.settings.data_dir):
+            return [L.SCHEMA_KEY, *(f for f in self._filters() if f.startswith(L.RUN_ID + "="))]
         return self._filters()
 
     def refreshed(self, sb: Sandbox) -> Sandbox:
@@ -389,7 +422,7 @@ class SandboxManager(Generic[SettingsT]):
     # -- spawning ----------------------------------------------------------------------------
     def _allocate_name(self, prefix: str, skip: set[str] | None = None) -> str:
         """The first free ``prefix-N``: no agent has it (on the engine), nor was it just tried (``skip``)."""
-        taken = {c.get("Labels", {}).get(L.NAME) for c in self.engine.list_containers(L.managed_filter())}
+        taken = {c.get("Labels", {}).get(L.NAME) for c in self._containers(L.managed_filter())}
         taken |= skip or set()
         n = 1
         while f"{prefix}-{n}" in taken:
@@ -410,11 +443,13 @@ class SandboxManager(Generic[SettingsT]):
         wait_ready: bool = True,
         on_step: Callable[[str], None] | None = None,
         queue: bool = False,
+        trace: Any = None,
     ) -> Sandbox:
-        from sandbox import agents, capacity
+        from sandbox import agents, capacity, trace as trace_
 
         s = self.settings
         step = on_step or (lambda _msg: None)
+        self._trace = trace or trace_.OFF
         agent = agent or s.agent
         model = model if model is not None else s.model
         if name is not None:
@@ -438,9 +473,11 @@ class SandboxManager(Generic[SettingsT]):
         if image_id is None:
             raise ImageMissing(f"agent image {s.image} is not built", hint="run `sandbox image build`")
 
+        self._trace.mark("resolve")
         explicit = name is not None
         prefix = agents.name_prefix(Path(spec.binary).name if agent_cmd is not None else spec.name, model)
         name = name or self._allocate_name(prefix)
+        self._trace.mark("name")
         if s.max_agents is not None:
             step(f"waiting for a free slot (max {s.max_agents} agents)" if queue else "checking capacity")
         tried: set[str] = set()
@@ -504,7 +541,7 @@ class SandboxManager(Generic[SettingsT]):
         explicit = name is not None
         name = name or self._allocate_name(agents.name_prefix(
             Path(aspec.binary).name if agent_cmd is not None else aspec.name, model))
-        if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
+        if self._containers(L.managed_filter(f"{L.NAME}={name}")):
             raise Conflict(f"name {name!r} is taken", hint="pick another with --name")
         state_dir = s.data_dir / "state" / name
         req = spec_.HeadlessRequest(
@@ -617,7 +654,7 @@ class SandboxManager(Generic[SettingsT]):
         explicit: bool,
     ) -> Sandbox:
         s = self.settings
-        if self.engine.list_containers(L.managed_filter(f"{L.NAME}={name}")):
+        if self._containers(L.managed_filter(f"{L.NAME}={name}")):
             raise _NameTaken(name)
         branch = BRANCH_PREFIX + name
         worktree = s.data_dir / "workspaces" / repo.slug / name
@@ -639,8 +676,48 @@ class SandboxManager(Generic[SettingsT]):
 
         ws = spec_.Workspace(path=worktree, agent_git=agent_git, objects=repo.common_dir / "objects",
                              state_dir=state_dir)
+        req = self._request(name, agent, model, task, repo, branch, base_sha, image_id, mock_script, uid, gid)
+        container = spec_.build(req, ws)
+        if s.runtime and s.runtime not in (known := self.engine.runtimes()):
+            raise UsageError(f"the engine has no runtime {s.runtime!r} (it has: {', '.join(known) or 'none'})",
+                             hint="install and register it with the engine (daemon.json `runtimes`), or unset runtime")
+
+        self._trace.mark("spec")
+        if container.isolation is None and pool.root(s.data_dir).is_dir():
+            key = pool.key_of(spec_.pool_parts(container, ws))
+            while (found := self._take_slot(key)) is not None:
+                warm = self._spawn_warm(found, req, repo, wait_ready, step, slot)
+                if warm is not None:
+                    self._top_up_later(key, repo)
+                    return warm
+        with ExitStack() as undo:
+            step(f"workspace {worktree} on branch {branch}")
+            self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo)
+            self._trace.mark("workspace")
+            crash.point("spawn:workspace")
+            step(f"container {container.name}")
+            self._run(container, undo, slot)
+            crash.point("spawn:start")
+            sandbox = self.get(name)
+            self._trace.mark("get")
+            if wait_ready:
+                step("waiting for the agent to be ready")
+                sandbox = self.wait_ready(sandbox)
+                self._trace.mark("ready")
+            crash.point("spawn:ready")
+            undo.pop_all()
+            return sandbox
+        raise AssertionError("unreachable")
+
+    def _request(self: SandboxManager[Settings], name: str, agent: agents.AgentSpec, model: str | None,
+                 task: str | None, repo: gitops.Repo, branch: str, base_sha: str, image_id: str,
+                 mock_script: dict[str, Any] | None, uid: int, gid: int) -> spec_.Request:
+        """The spawn's request, the settings applied."""
+        from sandbox import spec as spec_
+
+        s = self.settings
         secrets, use_mock = self._secrets(agent)
-        req = spec_.Request(
+        return spec_.Request(
             name=name, agent=agent, model=model, task=task, repo_top=repo.top, common_dir=repo.common_dir,
             branch=branch, base=base_sha, image_id=image_id, image_ref=s.image, profile=s.profile, uid=uid,
             gid=gid, created=datetime.now(timezone.utc).isoformat(timespec="seconds"), retries=s.retries,
@@ -650,40 +727,25 @@ class SandboxManager(Generic[SettingsT]):
             git_identity=self._git_identity(repo), secrets=secrets, nofile=s.nofile, runtime=s.runtime,
             allow=tuple(s.allow), model_upstream=s.model_upstream, egress_network=s.egress_network,
             max_cost=s.max_cost, prices=s.price_table() if s.max_cost else None)
-        container = spec_.build(req, ws)
-        if s.runtime and s.runtime not in (known := self.engine.runtimes()):
-            raise UsageError(f"the engine has no runtime {s.runtime!r} (it has: {', '.join(known) or 'none'})",
-                             hint="install and register it with the engine (daemon.json `runtimes`), or unset runtime")
-
-        with ExitStack() as undo:
-            step(f"workspace {worktree} on branch {branch}")
-            self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo)
-            crash.point("spawn:workspace")
-            step(f"container {container.name}")
-            self._run(container, undo, slot)
-            crash.point("spawn:start")
-            sandbox = self.get(name)
-            if wait_ready:
-                step("waiting for the agent to be ready")
-                sandbox = self.wait_ready(sandbox)
-            crash.point("spawn:ready")
-            undo.pop_all()
-            return sandbox
-        raise AssertionError("unreachable")
 
     def _make_workspace(self, repo: gitops.Repo, ws: spec_.Workspace, branch: str, base: str, uid: int, gid: int,
-                        undo: ExitStack) -> None:
-        """The host branch, the agent's own repository and workspace, its state dir (each undone on failure)."""
+                        undo: ExitStack, *, name: str | None = None, fresh_state: bool = True) -> None:
+        """The host branch, the agent's own repository and workspace, its state dir (each undone on
+        failure). A pool's slot (``fresh_state=False``) has its directories already, mounted."""
         gitops.branch_create(repo, branch, base)
         undo.callback(gitops.branch_delete, repo, branch)
         undo.callback(shutil.rmtree, ws.agent_git, True)
         undo.callback(shutil.rmtree, ws.path, True)
         gitops.workspace_create(repo, ws.path, ws.agent_git, branch, base)
-        (ws.path / ".git").write_text(contract.GITFILE)
+        gitfile = ws.path / ".git"
+        if not gitfile.is_file() or gitfile.is_symlink() or gitfile.read_text() != contract.GITFILE:
+            gitfile.write_text(contract.GITFILE)
         if os.getuid() == 0:
             _chown_tree(uid, gid, ws.path, ws.agent_git)  # (the .git file too: git checks its owner; it is mounted ro)
-        self._sync_mark(ws.path.name, ws.agent_git)
+        self._sync_mark(name or ws.path.name, ws.agent_git)
         self._record_repo(repo)
+        if not fresh_state:
+            return
         if ws.state_dir.exists():
             shutil.rmtree(ws.state_dir)
         ws.state_dir.mkdir(parents=True)
@@ -699,18 +761,216 @@ class SandboxManager(Generic[SettingsT]):
         elif not container.network.disabled:
             network_id = self.engine.ensure_network(container.network.name, {L.MANAGED: "1"},
                                                     icc=not container.network.isolated)
+        self._trace.mark("network")
         try:
             cid = self.engine.create_from(container, network_id)
         except Conflict:
             raise _NameTaken(container.labels[L.NAME]) from None
         undo.callback(self.engine.remove, cid)
+        self._trace.mark("create")
         crash.point("spawn:create")
         slot.recheck()
         uid, gid = container.user
-        self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(container.files(), uid, gid, "."))
+        _write_state_files(container, uid, gid)
+        if files := container.files():  # (the secrets: never on the state mount)
+            self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(files, uid, gid, "."))
+        self._trace.mark("copy")
         self.engine.start(cid)
+        self._trace.mark("start")
         slot.release()  # the new agent is `starting` now: it counts itself
         return cid
+
+    # -- the warm pool (sandbox.pool: the slots on this host; the containers on the engine) -------------
+    def _take_slot(self, key: str) -> pool.Slot | None:
+        """Claim the oldest started, unclaimed slot of pool ``key`` (None: the pool is empty)."""
+        for found in pool.slots(self.settings.data_dir, key):
+            if found.claimed or _read_state(str(found.state_dir)).get(S.STATE) != contract.POOLED:
+                continue
+            if pool.claim(found):
+                return found
+        return None
+
+    def _spawn_warm(self: SandboxManager[Settings], found: pool.Slot, req: spec_.Request, repo: gitops.Repo,
+                    wait_ready: bool, step: Callable[[str], None], cap: capacity.Slot) -> Sandbox | None:
+        """Spawn into a claimed pool slot: its container takes the agent's name (the engine's names are
+        unique: a taken one is ``_NameTaken``), the host makes the workspace in the slot's mounted
+        directories, writes the launch document on its state mount and the claim (the agent's labels)
+        beside the slot, and signals the waiting init. None: the slot's container is gone (dropped)."""
+        from sandbox import spec as spec_
+
+        ws = spec_.Workspace(path=found.workspace, agent_git=found.agent_git, objects=repo.common_dir / "objects",
+                             state_dir=found.state_dir)
+        container = spec_.build(req, ws)
+        cid = found.container_id()
+        try:
+            if cid is None:
+                raise NotFound("no container recorded")
+            self.engine.rename(cid, container.name)
+        except Conflict:
+            pool.unclaim(found)
+            raise _NameTaken(req.name) from None
+        except NotFound:
+            pool.drop_slot(found)
+            return None
+        self._trace.mark("claim")
+        with ExitStack() as undo:
+            undo.callback(pool.drop_slot, found)
+            undo.callback(self.engine.remove, cid)
+            step(f"workspace {ws.path} on branch {req.branch} (warm pool)")
+            self._make_workspace(repo, ws, req.branch, req.base, req.uid, req.gid, undo, name=req.name,
+                                 fresh_state=False)
+            self._trace.mark("workspace")
+            crash.point("spawn:workspace")
+            _write_state_files(container, req.uid, req.gid)
+            if files := container.files():  # (the secrets: never on the state mount)
+                self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(files, req.uid, req.gid, "."))
+            pool.record_claim(found, {**container.labels, L.POOL: found.key, L.POOL_SLOT: found.id})
+            cap.recheck()
+            self.engine.signal(cid, "SIGUSR1")  # (tini passes it on to the init)
+            cap.release()
+            self._trace.mark("signal")
+            crash.point("spawn:start")
+            sandbox = self.get(req.name)
+            if wait_ready:
+                step("waiting for the agent to be ready")
+                sandbox = self.wait_ready(sandbox)
+                self._trace.mark("ready")
+            crash.point("spawn:ready")
+            undo.pop_all()
+            return sandbox
+        raise AssertionError("unreachable")
+
+    def _top_up_later(self, key: str, repo: gitops.Repo) -> None:
+        """Top the pool up in the background: one short-lived ``sandbox pool --top-up KEY`` (no daemon),
+        detached; it does nothing when another is at it or the pool is full."""
+        import subprocess
+        import sys
+
+        subprocess.Popen([sys.executable, "-m", "sandbox", "pool", "--top-up", key], cwd=repo.top,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True, close_fds=True)
+
+    def pool_key(self: SandboxManager[Settings], repo: gitops.Repo) -> tuple[str, Callable[[pool.Slot], spec_.ContainerSpec]]:
+        """(the key of this repository's pool under these settings, a slot -> its container's spec)."""
+        from sandbox import agents, spec as spec_
+
+        s = self.settings
+        image_id = self.engine.image_id(s.image)
+        if image_id is None:
+            raise ImageMissing(f"agent image {s.image} is not built", hint="run `sandbox image build`")
+        uid, gid = s.uid_gid()
+        if uid == 0:
+            raise UsageError("the agent never runs as root: set SANDBOX_AGENT_UID to a non-zero uid")
+        if s.profile == "isolated":
+            raise UsageError("the isolated profile has no warm pool: its network and proxies are each agent's own",
+                             hint="pool the default or the locked profile")
+        base = gitops.resolve_commit(repo, "HEAD") if (repo.common_dir / "HEAD").exists() else "0" * 40
+        agent = agents.build(s.agent, s.model, None, None)
+
+        def for_slot(found: pool.Slot) -> tuple[spec_.ContainerSpec, spec_.Workspace]:
+            ws = spec_.Workspace(path=found.workspace, agent_git=found.agent_git,
+                                 objects=repo.common_dir / "objects", state_dir=found.state_dir)
+            req = self._request(found.id, agent, s.model, None, repo, BRANCH_PREFIX + found.id, base, image_id,
+                                None, uid, gid)
+            return spec_.build(req, ws), ws
+
+        probe = pool.Slot("", "probe", s.data_dir / "pool" / "probe")
+        spec0, ws0 = for_slot(probe)
+        key = pool.key_of(spec_.pool_parts(spec0, ws0))
+        return key, lambda found: spec_.pooled(for_slot(found)[0], key, found.id)
+
+    def pool_set(self: SandboxManager[Settings], repo: gitops.Repo, size: int, flags: dict[str, Any],
+                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """Keep ``size`` started, unclaimed containers for this repository and these settings (0: none);
+        fills (or drains) now and waits until they are ready."""
+        if size < 0:
+            raise UsageError("--size must be 0 or more")
+        key, _ = self.pool_key(repo)
+        pool.write_record(self.settings.data_dir, key, {"size": size, "repo": str(repo.top), "flags": flags,
+                                                        "image": self.settings.image, "profile": self.settings.profile})
+        self.pool_fill(key, repo, wait=True, on_step=on_step)
+        return self.pool_status(key)
+
+    def pool_fill(self: SandboxManager[Settings], key: str, repo: gitops.Repo, *, wait: bool,
+                  on_step: Callable[[str], None] | None = None) -> None:
+        """Bring pool ``key`` to its size: drop slots whose container is gone or stopped, remove the
+        unclaimed ones above the size, start new ones. One process at a time (the fill lock; another
+        filler at work: ``wait=False`` returns at once)."""
+        from sandbox import spec as spec_
+
+        data = self.settings.data_dir
+        step = on_step or (lambda _m: None)
+        with pool.FillLock(data, key, wait=wait) as mine:
+            if not mine:
+                return
+            record = pool.read_record(data, key) or {"size": 0}
+            now_key, make = self.pool_key(repo) if record.get("size") else (key, None)
+            if now_key != key:  # the settings changed since the pool was made: it serves nobody now
+                record = {**record, "size": 0}
+            running = {c["Id"]: c for c in self.engine.list_containers([f"{L.POOL}={key}"])}
+            free = []
+            for found in pool.slots(data, key):
+                if found.claimed:
+                    continue
+                cid = found.container_id()
+                c = running.get(cid or "")
+                if c is None or c.get("State") not in ("running", "created"):
+                    if pool.claim(found):
+                        if cid:
+                            self.engine.remove(cid)
+                        pool.drop_slot(found)
+                    continue
+                free.append(found)
+            for extra in free[int(record.get("size") or 0):]:
+                if pool.claim(extra):
+                    step(f"removing {extra.id}")
+                    self.engine.remove(extra.container_id() or extra.id)
+                    pool.drop_slot(extra)
+            started = []
+            while make is not None and len(free) + len(started) < int(record.get("size") or 0):
+                uid, gid = self.settings.uid_gid()
+                found = pool.new_slot(data, key, uid, gid)
+                step(f"starting {found.id} ({len(free) + len(started) + 1}/{record['size']})")
+                container_name = spec_.POOL_CONTAINER_PREFIX + found.id
+                try:
+                    container = make(found)
+                    network_id = None
+                    if not container.network.disabled:
+                        network_id = self.engine.ensure_network(container.network.name, {L.MANAGED: "1"},
+                                                                icc=not container.network.isolated)
+                    cid = self.engine.create_from(container, network_id)
+                    (found.dir / "container").write_text(cid)
+                    self.engine.start(cid)
+                except BaseException:
+                    self.engine.remove(found.container_id() or container_name)
+                    pool.drop_slot(found)
+                    raise
+                started.append(found)
+            deadline = time.monotonic() + self.settings.ready_timeout
+            while wait and started and time.monotonic() < deadline:
+                started = [f for f in started if _read_state(str(f.state_dir)).get(S.STATE) != contract.POOLED]
+                time.sleep(0.05)
+
+    def pool_status(self, key: str | None = None) -> dict[str, Any]:
+        """Every pool on this host (or pool ``key``): its record and its slots' counts — ``ready``
+        (started, waiting for a claim), ``starting``, ``claimed``."""
+        data = self.settings.data_dir
+        out = []
+        for k, record in pool.records(data).items():
+            if key is not None and k != key:
+                continue
+            counts = {"ready": 0, "starting": 0, "claimed": 0}
+            for found in pool.slots(data, k):
+                if found.claimed:
+                    counts["claimed"] += 1
+                elif _read_state(str(found.state_dir)).get(S.STATE) == contract.POOLED:
+                    counts["ready"] += 1
+                else:
+                    counts["starting"] += 1
+            out.append({"key": k, **{f: record.get(f) for f in ("size", "repo", "image", "profile")}, **counts})
+        if key is not None:
+            return out[0] if out else {"key": key, "size": 0, "ready": 0, "starting": 0, "claimed": 0}
+        return {"pools": out, "ready": sum(p["ready"] for p in out)}
 
     def proxies(self, name: str) -> list[dict[str, Any]]:
         """An isolated agent's proxy containers (none for other profiles), by label."""
@@ -904,6 +1164,8 @@ class SandboxManager(Generic[SettingsT]):
         if delete_branch:
             gitops.branch_delete(self.repo_of(sb), sb.branch)
         shutil.rmtree(sb.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
+        if not unreadable and (found := pool.slot_of(self.settings.data_dir, sb.labels)) is not None:
+            pool.drop_slot(found)  # (a warm pool's slot: its claim goes with it)
         return sb
 
     def _remove_headless(self, sb: Sandbox, *, force: bool) -> Sandbox:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sandbox import __version__, contract, labels as L, proxy
@@ -94,11 +94,19 @@ class ContainerSpec:
     engine_restarts: bool = True               # unless-stopped; False: never (a headless run's exit is its result)
 
     def files(self) -> dict[str, tuple[bytes, int]]:
-        """What is copied into ``contract.LAUNCH_DIR`` before start: name -> (content, mode)."""
-        return {
-            "launch.json": (self.launch.to_json().encode(), 0o600),
-            "secrets.json": (json.dumps(self.secrets).encode(), 0o400),
-        }
+        """What is copied into ``contract.LAUNCH_DIR`` (``put_archive``) before start: name -> (content,
+        mode): the secrets, when there are any (never on a mount the host or the agent shares)."""
+        return {"secrets.json": (json.dumps(self.secrets).encode(), 0o400)} if self.secrets else {}
+
+    def state_files(self) -> dict[str, tuple[bytes, int]]:
+        """What the host writes into the agent's state dir before start (``contract.STATE_LAUNCH_FILE``
+        inside): the launch document, which holds no secret."""
+        return {contract.STATE_LAUNCH: (self.launch.to_json().encode(), 0o600)}
+
+    @property
+    def state_dir(self) -> str | None:
+        """The host directory mounted at ``contract.STATE_MOUNT``."""
+        return next((b.source for b in self.binds if b.target == contract.STATE_MOUNT), None)
 
 
 @dataclass(frozen=True)
@@ -292,6 +300,38 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
     return PROFILES[req.profile](spec, req)
 
 
+# -- the warm pool: the same container, started before its agent is known ------------------------------
+POOL_CONTAINER_PREFIX = "sandbox-pool."  # + the slot's id (a dot, which no agent name has)
+
+
+def pool_parts(spec: ContainerSpec, ws: Workspace) -> dict[str, object]:
+    """What a container fixes when it is created and a spawn must find in a pool's container: the
+    image, user, limits, network, filesystem, environment and the repository's object store it
+    mounts (none of a slot's own paths, none of the agent's name, task or launch document)."""
+    return {"image": spec.image, "user": list(spec.user), "limits": asdict(spec.limits),
+            "network": asdict(spec.network), "read_only_root": spec.read_only_root, "tmpfs": spec.tmpfs,
+            "volumes": list(spec.volumes), "nofile": spec.nofile, "runtime": spec.runtime,
+            "restarts": spec.engine_restarts, "env": {k: v for k, v in spec.env.items() if k != "SANDBOX_NAME"},
+            "objects": str(ws.objects), "profile": spec.labels.get(L.PROFILE),
+            "run_id": spec.labels.get(L.RUN_ID), "version": __version__}
+
+
+def pooled(spec: ContainerSpec, key: str, slot: str) -> ContainerSpec:
+    """``spec`` (built for a slot's workspace) as a pool's container: no agent's labels (not
+    ``sandbox.managed``: it is no agent until claimed), no secrets, and ``contract.POOL_ENV``, which
+    makes its init wait for a claim. The same security options as a spawn of that profile."""
+    if spec.isolation is not None:
+        raise ValueError("the isolated profile has no warm pool (its network and proxies are the agent's own)")
+    labels = {L.SCHEMA_KEY: L.SCHEMA, L.POOL: key, L.POOL_SLOT: slot, L.PROFILE: spec.labels.get(L.PROFILE, ""),
+              L.IMAGE: spec.labels.get(L.IMAGE, ""), L.CREATED: spec.labels.get(L.CREATED, ""),
+              L.VERSION: __version__, L.UID: spec.labels.get(L.UID, "")}
+    if spec.labels.get(L.RUN_ID):
+        labels[L.RUN_ID] = spec.labels[L.RUN_ID]
+    env = {k: v for k, v in spec.env.items() if k != "SANDBOX_NAME"}
+    env[contract.POOL_ENV] = "1"
+    return replace(spec, name=POOL_CONTAINER_PREFIX + slot, labels=labels, env=env, secrets={})
+
+
 # -- headless: the image alone, configured by its environment (sandbox.inside.headless) -------------------
 @dataclass(frozen=True)
 class HeadlessSpec(ContainerSpec):
@@ -303,6 +343,9 @@ class HeadlessSpec(ContainerSpec):
 
     def files(self) -> dict[str, tuple[bytes, int]]:
         return dict(self.payload)
+
+    def state_files(self) -> dict[str, tuple[bytes, int]]:
+        return {}  # (no launch document: its absence, with SANDBOX_REPO, is what makes the init headless)
 
 
 @dataclass(frozen=True)

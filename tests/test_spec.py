@@ -57,7 +57,9 @@ def test_default_profile_spec() -> None:
     assert SECRET not in json.dumps(s.labels) + json.dumps(s.env) + s.launch.to_json()
     files = s.files()
     assert json.loads(files["secrets.json"][0]) == {"ANTHROPIC_API_KEY": SECRET}
-    assert files["secrets.json"][1] == 0o400 and files["launch.json"][1] == 0o600
+    assert files["secrets.json"][1] == 0o400 and s.state_files()["launch.json"][1] == 0o600
+    assert SECRET not in json.dumps({k: v.decode() for k, (v, _) in s.state_files().items()})
+    assert s.state_dir == str(WS.state_dir)
 
 
 def test_locked_profile_is_a_transformation_of_the_default() -> None:
@@ -102,7 +104,7 @@ def test_isolated_profile_other_keys_and_the_offline_model() -> None:
     assert json.loads(token.files()["secrets.json"][0]) == {
         "CLAUDE_CODE_OAUTH_TOKEN": spec.PLACEHOLDER_KEY, "ANTHROPIC_BASE_URL": "http://model-proxy:8080"}  # no other key
     offline = spec.build(request(profile="isolated", secrets={}, use_mock=True), WS)
-    assert offline.isolation.model is None and json.loads(offline.files()["secrets.json"][0]) == {}
+    assert offline.isolation.model is None and offline.files() == {}
     assert offline.isolation.allow == ()
     with pytest.raises(ValueError, match="allowlist entry"):
         spec.build(request(profile="isolated", allow=("bad host",)), WS)
@@ -127,7 +129,7 @@ def test_each_option_changes_only_its_part(over: dict[str, Any], field: str, val
 
 def test_launch_document_carries_the_request() -> None:
     s = spec.build(request(max_time=30.0, idle_timeout=5.0, use_mock=True, mock_script={"turns": []}), WS)
-    doc = contract.Launch.from_json(s.files()["launch.json"][0].decode())
+    doc = contract.Launch.from_json(s.state_files()["launch.json"][0].decode())
     assert doc == s.launch
     assert doc.argv == ["claude", "--dangerously-skip-permissions", "do it"] and doc.delivery == "arg"
     assert doc.claude and doc.mock_model and doc.mock_script == {"turns": []}
@@ -165,20 +167,20 @@ def test_engine_translates_a_spec_into_dockers_wording(monkeypatch: pytest.Monke
     monkeypatch.setattr(Engine, "create", lambda self, **kw: seen.update(kw) or "cid")
     engine = Engine.__new__(Engine)
     assert engine.create_from(spec.build(request(profile="locked"), WS)) == "cid"
-    hc = seen["host_config"]
-    assert hc["cap_drop"] == ["ALL"] and hc["security_opt"] == ["no-new-privileges:true"]
-    assert hc["network_mode"] == "none" and hc["read_only"] is True and hc["mem_limit"] == 4 * 1024**3
-    assert hc["mounts"] == [{"Target": contract.LAUNCH_DIR, "Type": "volume"}]
-    assert hc["restart_policy"] == {"Name": "unless-stopped"}  # back after an engine restart; the init bounds it
+    hc = seen["host_config"]  # (the Engine API's own field names: both lanes send them as they are)
+    assert hc["CapDrop"] == ["ALL"] and hc["SecurityOpt"] == ["no-new-privileges:true"]
+    assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True and hc["Memory"] == 4 * 1024**3
+    assert hc["Mounts"] == [{"Target": contract.LAUNCH_DIR, "Type": "volume"}]
+    assert hc["RestartPolicy"] == {"Name": "unless-stopped"}  # back after an engine restart; the init bounds it
     assert f"{WS.path / '.git'}:{WS.path / '.git'}:ro" in seen["binds"] and seen["user"] == "1000:1000"
     seen.clear()
     engine.create_from(spec.build(request(), WS), "net-id")
-    assert seen["host_config"]["network_mode"] == "net-id" and "read_only" not in seen["host_config"]
-    assert seen["host_config"]["ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
-    assert "runtime" not in seen["host_config"]
+    assert seen["host_config"]["NetworkMode"] == "net-id" and "ReadonlyRootfs" not in seen["host_config"]
+    assert seen["host_config"]["Ulimits"] == [{"Name": "nofile", "Soft": 4096, "Hard": 4096}]
+    assert "Runtime" not in seen["host_config"]
     seen.clear()
     engine.create_from(spec.build(request(runtime="runsc"), WS), "net-id")
-    assert seen["host_config"]["runtime"] == "runsc"
+    assert seen["host_config"]["Runtime"] == "runsc"
 
 
 def test_long_text_is_pasted_in_chunks_between_characters() -> None:
@@ -256,7 +258,7 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
         info = json.loads(subprocess.run(["docker", "inspect", f"sandbox-{name}"], capture_output=True,
                                          text=True, check=True).stdout)[0]
         labels, hc = info["Config"]["Labels"], info["HostConfig"]
-        launch = json.loads(env.ok("exec", name, "--", "cat", contract.LAUNCH_FILE, extra=extra).out)
+        launch = json.loads(env.ok("exec", name, "--", "cat", contract.STATE_LAUNCH_FILE, extra=extra).out)
         used = {
             "image": labels[L.IMAGE], "profile": labels[L.PROFILE],
             "model": labels[L.MODEL], "retries": int(labels[L.RETRIES]), "retry_backoff": launch["backoff"],

@@ -127,13 +127,16 @@ def _local_socket(base_url: str | None) -> str | None:
 
 
 def _request(sock_path: str, method: str, path: str, what: str, timeout: float,
-             body: dict[str, Any] | None = None) -> tuple[dict[str, str], bytes]:
+             body: dict[str, Any] | None = None, *, tar: bytes | None = None) -> tuple[dict[str, str], bytes]:
     """One request on the engine's unix socket (the plain-HTTP lane): HTTP/1.0, so the engine answers
-    unchunked and closes the connection. The answer's headers (lower-case names) and body."""
-    data = json.dumps(body).encode() if body is not None else b""
+    unchunked and closes the connection. The body: JSON, or a ``tar`` archive. The answer's headers
+    (lower-case names) and body."""
+    data = json.dumps(body).encode() if body is not None else (tar or b"")
     head = f"{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: {len(data)}\r\n"
     if body is not None:
         head += "Content-Type: application/json\r\n"
+    elif tar is not None:
+        head += "Content-Type: application/x-tar\r\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
@@ -220,9 +223,10 @@ class Engine:
         return self._api
 
     def _http(self, method: str, path: str, what: str, body: dict[str, Any] | None = None,
-              timeout: float | None = None) -> tuple[dict[str, str], bytes]:
+              timeout: float | None = None, *, tar: bytes | None = None) -> tuple[dict[str, str], bytes]:
         assert self._sock is not None
-        return _request(self._sock, method, path, what, self._timeout if timeout is None else timeout, body)
+        return _request(self._sock, method, path, what, self._timeout if timeout is None else timeout, body,
+                        tar=tar)
 
     # -- containers (plain HTTP on a local socket) ----------------------------------------------
     def list_containers(self, labels: list[str], *, all: bool = True) -> list[dict[str, Any]]:
@@ -270,6 +274,24 @@ class Engine:
                 self._client().stop(ref, timeout=timeout)
 
         retry.call(retry.LIFECYCLE, once)
+
+    def rename(self, ref: str, name: str) -> None:
+        """Give a container another name (atomic at the engine: Conflict when another holds it)."""
+        what = f"rename {ref} to {name}"
+        if self._sock is not None:
+            self._http("POST", f"/containers/{_q(ref)}/rename?{urllib.parse.urlencode({'name': name})}", what)
+            return
+        with _docker_py(what):
+            self._client().rename(ref, name)
+
+    def signal(self, ref: str, signame: str) -> None:
+        """Send a signal to a running container's main process (``docker kill --signal``)."""
+        what = f"signal {ref}"
+        if self._sock is not None:
+            self._http("POST", f"/containers/{_q(ref)}/kill?signal={_q(signame)}", what)
+            return
+        with _docker_py(what):
+            self._client().kill(ref, signal=signame)
 
     def remove(self, ref: str, *, force: bool = True) -> None:
         """Remove a container (and its anonymous volumes); one that is gone already, or whose removal
@@ -467,33 +489,33 @@ class Engine:
         """Create (not start) the container a ``sandbox.spec.ContainerSpec`` describes: Docker's wording
         (capabilities, security options, mounts, limits) lives here and nowhere else."""
         host_config: dict[str, Any] = {
-            "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"],
-            "pids_limit": spec.limits.pids,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges:true"],
+            "PidsLimit": spec.limits.pids,
             # unless-stopped: back after its init died (OOM, killed) and after an engine restart or a
             # reboot (on-failure is not applied then); `sandbox stop`, `docker stop`/`kill` are manual
             # stops, which it respects. The init bounds the restarts: it counts each as a failed attempt
             # and, past `retries`, stays up as `failed` (README "Supervision and retries"). A headless
             # agent is never restarted by the engine: its exit code is the result.
-            "restart_policy": {"Name": "unless-stopped" if spec.engine_restarts else "no"},
+            "RestartPolicy": {"Name": "unless-stopped" if spec.engine_restarts else "no"},
+            "Ulimits": [{"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile}],
         }
         if spec.limits.memory:
-            host_config["mem_limit"] = spec.limits.memory
+            host_config["Memory"] = spec.limits.memory
         if spec.limits.nano_cpus:
-            host_config["nano_cpus"] = spec.limits.nano_cpus
+            host_config["NanoCpus"] = spec.limits.nano_cpus
         if spec.network.disabled:
-            host_config["network_mode"] = "none"
+            host_config["NetworkMode"] = "none"
         elif network_id is not None:
-            host_config["network_mode"] = network_id
+            host_config["NetworkMode"] = network_id
         if spec.read_only_root:
-            host_config["read_only"] = True
+            host_config["ReadonlyRootfs"] = True
         if spec.tmpfs:
-            host_config["tmpfs"] = dict(spec.tmpfs)
+            host_config["Tmpfs"] = dict(spec.tmpfs)
         if spec.volumes:
-            host_config["mounts"] = [{"Target": path, "Type": "volume"} for path in spec.volumes]
-        host_config["ulimits"] = [{"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile}]
+            host_config["Mounts"] = [{"Target": path, "Type": "volume"} for path in spec.volumes]
         if spec.runtime:
-            host_config["runtime"] = spec.runtime
+            host_config["Runtime"] = spec.runtime
         binds = [f"{b.source}:{b.target}:{'ro' if b.read_only else 'rw'}" for b in spec.binds]
         return self.create(name=spec.name, image=spec.image, command=None, labels=spec.labels, env=spec.env,
                            user=f"{spec.user[0]}:{spec.user[1]}", binds=binds, working_dir=spec.workdir,
@@ -566,27 +588,33 @@ class Engine:
     def _create(self, *, name: str, image: str, command: list[str] | None, labels: dict[str, str],
                 env: dict[str, str], user: str, binds: list[str], working_dir: str | None,
                 host_config: dict[str, Any] | None, healthcheck: dict[str, Any] | None) -> str:
-        with _docker_py(f"create container {name}"):
-            api = self._client()
-            hc = api.create_host_config(binds=binds, **(host_config or {}))
-            created = api.create_container(
-                image=image,
-                command=command,
-                name=name,
-                labels=labels,
-                environment=env,
-                user=user,
-                working_dir=working_dir,
-                host_config=hc,
-                healthcheck=healthcheck,
-                detach=True,
-                tty=False,
-                stdin_open=False,
-            )
-            return str(created["Id"])
+        """One create, in the Engine API's own wording (``host_config``: HostConfig's fields), on either lane."""
+        config: dict[str, Any] = {
+            "Image": image, "Labels": labels, "Env": [f"{k}={v}" for k, v in env.items()], "User": user,
+            "Tty": False, "OpenStdin": False, "AttachStdout": False, "AttachStderr": False,
+            "HostConfig": {"Binds": list(binds), **(host_config or {})},
+        }
+        if command is not None:
+            config["Cmd"] = list(command)
+        if working_dir:
+            config["WorkingDir"] = working_dir
+        if healthcheck:
+            config["Healthcheck"] = healthcheck
+        what = f"create container {name}"
+        if self._sock is not None:
+            query = urllib.parse.urlencode({"name": name})
+            return str(_json(self._http("POST", f"/containers/create?{query}", what, config)[1], what)["Id"])
+        with _docker_py(what):
+            return str(self._client().create_container_from_config(config, name=name)["Id"])
 
     def put_archive(self, ref: str, path: str, data: bytes) -> None:
-        with _docker_py(f"copy into {ref}"):
+        """Unpack the tar ``data`` at ``path`` in the container (created or running)."""
+        what = f"copy into {ref}"
+        if self._sock is not None:
+            self._http("PUT", f"/containers/{_q(ref)}/archive?{urllib.parse.urlencode({'path': path})}", what,
+                       tar=data)
+            return
+        with _docker_py(what):
             self._client().put_archive(ref, path, data)
 
     # -- networks --------------------------------------------------------------------------
@@ -594,8 +622,13 @@ class Engine:
         """Networks named exactly ``name`` (the engine's name filter matches substrings); oldest first.
         More than one happens when two creates raced (the engine's duplicate check is not atomic)."""
         def once() -> list[dict[str, Any]]:
-            with _docker_py(f"list networks {name}"):
-                found = self._client().networks(names=[name])
+            what = f"list networks {name}"
+            if self._sock is not None:
+                query = urllib.parse.urlencode({"filters": json.dumps({"name": [name]})})
+                found = list(_json(self._http("GET", f"/networks?{query}", what)[1], what))
+            else:
+                with _docker_py(what):
+                    found = self._client().networks(names=[name])
             return sorted((n for n in found if n.get("Name") == name),
                           key=lambda n: (str(n.get("Created", "")), str(n.get("Id", ""))))
 

@@ -40,7 +40,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-LAUNCH = os.environ.get("SANDBOX_LAUNCH_FILE") or C.LAUNCH_FILE  # headless mode: its own, in /tmp
+def _launch_file() -> str:
+    """Where the launch document is: ``$SANDBOX_LAUNCH_FILE`` (headless mode: its own, in /tmp; the init
+    sets it for the hooks), else on the state mount (written by the host before start, or by a warm
+    pool's claim), else the launch dir (an agent of an earlier version)."""
+    given = os.environ.get("SANDBOX_LAUNCH_FILE")
+    if given:
+        return given
+    return C.LAUNCH_FILE if os.path.exists(C.LAUNCH_FILE) else C.STATE_LAUNCH_FILE
+
+
+LAUNCH = _launch_file()
 SECRETS = C.SECRETS_FILE
 STATE_DIR = os.environ.get("SANDBOX_STATE_DIR", C.STATE_MOUNT)
 STATE = os.path.join(STATE_DIR, C.STATE_FILE)
@@ -414,7 +424,7 @@ class Supervisor:
                 os.unlink(C.START_FILE)
             except OSError:
                 pass
-        if by_user or prev.get("state") in (None, "stopped", "exited"):
+        if by_user or prev.get("state") in (None, "stopped", "exited", C.POOLED):
             self.failures = 0  # a first start, or started again by the user
         elif prev.get("state") != "failed":
             self.failures += 1  # the container died under a live agent (the engine restarted it)
@@ -576,18 +586,35 @@ def install_wake() -> None:
     WAKE.append(wake_r)
 
 
+def _pooled() -> None:
+    """A warm pool's container (``SANDBOX_POOL`` set, no launch document yet): started, no agent, no
+    tmux. Waits for the claim: the host writes the launch document on the state mount and signals
+    (SIGUSR1, forwarded by tini); a slow look catches a lost signal."""
+    install_wake()
+    write_state("pooled", reason="in the warm pool, waiting for a spawn to claim it")
+    while not os.path.exists(C.STATE_LAUNCH_FILE):
+        _sleep(NAP)
+
+
 def init() -> int:
+    global LAUNCH
     if not os.path.exists(LAUNCH) and os.environ.get("SANDBOX_REPO"):
         from sandbox.inside import headless  # (only then: the resident init of a spawned agent stays light)
 
         return headless.main()
+    if not os.path.exists(LAUNCH) and os.environ.get(C.POOL_ENV):
+        _pooled()
+        LAUNCH = C.STATE_LAUNCH_FILE
+    os.environ["SANDBOX_LAUNCH_FILE"] = LAUNCH  # (the hooks: the same document)
     launch = C.Launch.from_json(_read(LAUNCH))
     secrets: dict[str, str] = {}
     if os.path.exists(SECRETS):
         secrets = json.loads(_read(SECRETS))
     env = dict(os.environ)
     env.update(secrets)
-    install_wake()
+    env["SANDBOX_NAME"] = launch.name
+    if not WAKE:
+        install_wake()
 
     def on_term(signum: int, frame: Any) -> None:
         if read_state().get("state") not in ("failed", "stopped"):

@@ -151,15 +151,20 @@ def branch_exists(repo: Repo, branch: str) -> bool:
 def workspace_create(repo: Repo, workspace: Path, agent_git: Path, branch: str, base: str) -> None:
     """Make an agent's own repository: its git dir ``agent_git`` (borrowing the host's objects
     through alternates, so it is instant and writes nothing to the host's store) and its checked-out
-    ``workspace`` on ``branch`` at ``base``, with the host's other branches as ``origin/*``.
+    ``workspace`` on ``branch`` at ``base``, with the host's other branches as ``origin/*``. Both
+    directories may exist already, empty (a warm pool's slot, mounted in its container).
 
     The only time the host runs git with the agent's git dir: now, while it is a directory the host
-    has just created and no agent process exists. The caller then replaces the workspace's ``.git``
-    file with ``contract.GITFILE`` (a path that exists only inside the container).
+    has just created and no agent process exists. The caller gives the workspace its ``.git`` file,
+    ``contract.GITFILE`` (a path that exists only inside the container). Four git processes: init,
+    the host's branches, the refs, the checkout (HEAD and ``core.bare`` are written here).
     """
     for path in (workspace, agent_git):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    git(workspace.parent, "init", "-q", "--template=", f"--separate-git-dir={agent_git}", str(workspace))
+        path.mkdir(parents=True, exist_ok=True)
+    git(workspace.parent, "init", "-q", "--bare", "--template=", str(agent_git))
+    config = agent_git / "config"
+    config.write_text(config.read_text().replace("bare = true", "bare = false"))
+    (agent_git / "objects" / "info").mkdir(parents=True, exist_ok=True)
     (agent_git / "objects" / "info" / "alternates").write_text(f"{repo.common_dir / 'objects'}\n")
     refs = git(repo.top, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads").stdout.splitlines()
     lines = [f"create refs/heads/{branch} {base}"]
@@ -169,7 +174,7 @@ def workspace_create(repo: Repo, workspace: Path, agent_git: Path, branch: str, 
             lines.append(f"create refs/remotes/origin/{ref[len('refs/heads/'):]} {sha}")
     gd = [f"--git-dir={agent_git}"]
     git(workspace.parent, *gd, "update-ref", "--stdin", input="\n".join(lines) + "\n")
-    git(workspace.parent, *gd, "symbolic-ref", "HEAD", f"refs/heads/{branch}")
+    (agent_git / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
     git(workspace.parent, *gd, f"--work-tree={workspace}", "read-tree", "-u", "--reset", "HEAD")
 
 

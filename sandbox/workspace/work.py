@@ -459,7 +459,7 @@ def pr(mgr: SandboxManager, sb: Sandbox, remote: str = "origin", base: str | Non
 # -- gc ------------------------------------------------------------------------------------------------
 @dataclass
 class Action:
-    kind: str      # container | workspace | branch | proxy | keep
+    kind: str      # container | workspace | branch | proxy | pool | keep
     target: str
     detail: str = ""
     run: Callable[[], str | None] | None = field(default=None, repr=False)
@@ -488,7 +488,79 @@ def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = Fal
     from sandbox import isolation
 
     return actions + _gc_state(mgr, actions, every) + _gc_proxies(
-        mgr, {s.name for s in every}, isolation.everything(mgr.engine, mgr.settings.run_id))
+        mgr, {s.name for s in every}, isolation.everything(mgr.engine, mgr.settings.run_id)) + _gc_pool(mgr)
+
+
+def _gc_pool(mgr: SandboxManager) -> list[Action]:
+    """Warm pool slots that serve nobody: unclaimed ones whose container is gone or stopped (a healthy
+    one is never touched: `sandbox pool --size 0` empties a pool), a claim cut short (no claim
+    record a minute on), and a claimed agent's slot whose container is gone (its work read and,
+    when at risk, backed up first, as for any workspace without a container)."""
+    from sandbox import pool
+    from sandbox.manager import Source
+
+    data = mgr.settings.data_dir
+    containers = {c["Id"]: c for c in mgr.engine.list_containers([L.POOL])}
+    settled = time.time() - 60
+    out: list[Action] = []
+    for key in sorted(pool.records(data)):
+        for found in pool.slots(data, key):
+            cid = found.container_id() or ""
+            c = containers.get(cid)
+            alive = c is not None and c.get("State") in ("running", "created", "restarting")
+            claim_file = found.dir / "claim.json"
+            if not found.claimed:
+                if alive or (not cid and _mtime(found.dir) > settled):
+                    continue  # (healthy, or being made right now)
+
+                def drop_free(found: pool.Slot = found, cid: str = cid) -> str | None:
+                    if not pool.claim(found):
+                        return "kept: a spawn claimed it"
+                    if cid:
+                        mgr.engine.remove(cid)
+                    pool.drop_slot(found)
+                    return None
+                out.append(Action("pool", found.id, "its container is gone or stopped", run=drop_free))
+            elif not claim_file.exists():
+                if _mtime(found.dir / "claimed") > settled:
+                    continue  # (a spawn is claiming it)
+
+                def drop_cut(found: pool.Slot = found, cid: str = cid) -> str | None:
+                    if cid:
+                        mgr.engine.remove(cid)
+                    pool.drop_slot(found)
+                    return None
+                out.append(Action("pool", found.id, "claimed by a spawn that was cut short", run=drop_cut))
+            elif c is None:
+                labels = pool.claims(data).get(found.id) or {}
+                if not labels.get(L.NAME) or not labels.get(L.GITDIR):
+                    continue
+                repo = gitops.Repo(top=Path(labels.get(L.REPO, "")), common_dir=Path(labels[L.GITDIR]))
+                src = Source(name=labels[L.NAME], repo=repo, branch=labels.get(L.BRANCH, BRANCH_PREFIX + labels[L.NAME]),
+                             workspace=found.workspace, agent_git=found.agent_git,
+                             uid=int(labels.get(L.UID) or 0) or mgr.settings.uid_gid()[0], image=mgr.settings.image)
+                work = read(mgr, src)
+                if not work.readable:
+                    out.append(Action("keep", str(found.dir), f"no container, and its work cannot be read: {work.reason}"))
+                    continue
+                at_risk = risk(work)
+
+                def drop_claimed(found: pool.Slot = found, src: Source = src, work: Work = work,
+                                 at_risk: Risk = at_risk) -> str | None:
+                    saved = backup(work) if at_risk else None
+                    mgr.drop_workspace(src)
+                    pool.drop_slot(found)
+                    return f"saved first as {saved.ref}" if saved else None
+                out.append(Action("workspace", str(found.workspace), f"agent {src.name}'s (warm pool) with no container"
+                                  + (f", {at_risk.describe()} backed up first" if at_risk else ""), run=drop_claimed))
+    return out
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _gc_state(mgr: SandboxManager, actions: list[Action], every: list[Sandbox]) -> list[Action]:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from sandbox import agentfiles, cgroups, contract, crash, isolation, labels as L, pool, usage as U
+from sandbox import agentfiles, cgroups, contract, crash, labels as L, pool, trace as trace_, usage as U
 from sandbox.cgroups import Pressure
 from sandbox.workspace import git as gitops
 from sandbox.contract import CommandResult, S
@@ -264,7 +264,7 @@ class SandboxManager(Generic[SettingsT]):
     def __init__(self, settings: SettingsT, engine: Engine | None = None) -> None:
         self.settings = settings
         self.engine = engine or Engine()
-        self._trace: Any = None  # (spawn: sandbox.trace.Trace, or its OFF)
+        self._trace: Any = trace_.OFF  # (spawn --trace: a sandbox.trace.Trace)
         self._swarm: Any = None
         self._nodes: dict[str, Engine | None] = {}
         if getattr(settings, "engine", "local") not in ("local", "swarm"):
@@ -445,7 +445,7 @@ class SandboxManager(Generic[SettingsT]):
         queue: bool = False,
         trace: Any = None,
     ) -> Sandbox:
-        from sandbox import agents, capacity, trace as trace_
+        from sandbox import agents, capacity
 
         s = self.settings
         step = on_step or (lambda _msg: None)
@@ -654,8 +654,8 @@ class SandboxManager(Generic[SettingsT]):
         explicit: bool,
     ) -> Sandbox:
         s = self.settings
-        if self._containers(L.managed_filter(f"{L.NAME}={name}")):
-            raise _NameTaken(name)
+        # (a name another agent holds: the engine's unique container names refuse it, at create or
+        # at a pool container's rename: _NameTaken, no list here)
         branch = BRANCH_PREFIX + name
         worktree = s.data_dir / "workspaces" / repo.slug / name
         agent_git = s.data_dir / "agent-git" / repo.slug / name
@@ -665,7 +665,8 @@ class SandboxManager(Generic[SettingsT]):
                 if not explicit:  # a parallel spawn took this name a moment ago: the next one
                     raise _NameTaken(name)
                 raise RepoError(f"path already exists: {path}", hint="remove it or pick another --name")
-        if gitops.branch_exists(repo, branch):
+        branches = gitops.heads(repo)
+        if branch in branches:
             if not explicit:  # kept by an earlier agent of that name (rm keeps branches): the next name
                 raise _NameTaken(name)
             raise Conflict(f"branch {branch} already exists in {repo.top}", hint="pick another --name")
@@ -686,13 +687,13 @@ class SandboxManager(Generic[SettingsT]):
         if container.isolation is None and pool.root(s.data_dir).is_dir():
             key = pool.key_of(spec_.pool_parts(container, ws))
             while (found := self._take_slot(key)) is not None:
-                warm = self._spawn_warm(found, req, repo, wait_ready, step, slot)
+                warm = self._spawn_warm(found, req, repo, wait_ready, step, slot, branches)
                 if warm is not None:
                     self._top_up_later(key, repo)
                     return warm
         with ExitStack() as undo:
             step(f"workspace {worktree} on branch {branch}")
-            self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo)
+            self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo, branches=branches)
             self._trace.mark("workspace")
             crash.point("spawn:workspace")
             step(f"container {container.name}")
@@ -729,14 +730,15 @@ class SandboxManager(Generic[SettingsT]):
             max_cost=s.max_cost, prices=s.price_table() if s.max_cost else None)
 
     def _make_workspace(self, repo: gitops.Repo, ws: spec_.Workspace, branch: str, base: str, uid: int, gid: int,
-                        undo: ExitStack, *, name: str | None = None, fresh_state: bool = True) -> None:
+                        undo: ExitStack, *, name: str | None = None, fresh_state: bool = True,
+                        branches: dict[str, str] | None = None) -> None:
         """The host branch, the agent's own repository and workspace, its state dir (each undone on
         failure). A pool's slot (``fresh_state=False``) has its directories already, mounted."""
         gitops.branch_create(repo, branch, base)
         undo.callback(gitops.branch_delete, repo, branch)
         undo.callback(shutil.rmtree, ws.agent_git, True)
         undo.callback(shutil.rmtree, ws.path, True)
-        gitops.workspace_create(repo, ws.path, ws.agent_git, branch, base)
+        gitops.workspace_create(repo, ws.path, ws.agent_git, branch, base, branches)
         gitfile = ws.path / ".git"
         if not gitfile.is_file() or gitfile.is_symlink() or gitfile.read_text() != contract.GITFILE:
             gitfile.write_text(contract.GITFILE)
@@ -757,6 +759,8 @@ class SandboxManager(Generic[SettingsT]):
         """Spawn, second half: create what the spec says, copy the launch files in, start it."""
         network_id = None
         if container.isolation is not None:
+            from sandbox import isolation
+
             network_id = isolation.make(self.engine, container, self.settings.network, undo)
         elif not container.network.disabled:
             network_id = self.engine.ensure_network(container.network.name, {L.MANAGED: "1"},
@@ -791,7 +795,8 @@ class SandboxManager(Generic[SettingsT]):
         return None
 
     def _spawn_warm(self: SandboxManager[Settings], found: pool.Slot, req: spec_.Request, repo: gitops.Repo,
-                    wait_ready: bool, step: Callable[[str], None], cap: capacity.Slot) -> Sandbox | None:
+                    wait_ready: bool, step: Callable[[str], None], cap: capacity.Slot,
+                    branches: dict[str, str]) -> Sandbox | None:
         """Spawn into a claimed pool slot: its container takes the agent's name (the engine's names are
         unique: a taken one is ``_NameTaken``), the host makes the workspace in the slot's mounted
         directories, writes the launch document on its state mount and the claim (the agent's labels)
@@ -818,7 +823,7 @@ class SandboxManager(Generic[SettingsT]):
             undo.callback(self.engine.remove, cid)
             step(f"workspace {ws.path} on branch {req.branch} (warm pool)")
             self._make_workspace(repo, ws, req.branch, req.base, req.uid, req.gid, undo, name=req.name,
-                                 fresh_state=False)
+                                 fresh_state=False, branches=branches)
             self._trace.mark("workspace")
             crash.point("spawn:workspace")
             _write_state_files(container, req.uid, req.gid)
@@ -974,14 +979,20 @@ class SandboxManager(Generic[SettingsT]):
 
     def proxies(self, name: str) -> list[dict[str, Any]]:
         """An isolated agent's proxy containers (none for other profiles), by label."""
+        from sandbox import isolation
+
         return isolation.proxies(self.engine, name)
 
     def drop_isolation(self, name: str) -> None:
         """Remove an isolated agent's proxies and network (``sandbox.isolation.drop``)."""
+        from sandbox import isolation
+
         isolation.drop(self.engine, name)
 
     def netlog(self, sb: Sandbox) -> list[Any]:
         """What an isolated agent's proxies saw (``sandbox.isolation.netlog``)."""
+        from sandbox import isolation
+
         return isolation.netlog(self.engine, sb.name)
 
     def _secrets(self: SandboxManager[Settings], agent: agents.AgentSpec) -> tuple[dict[str, str], bool]:

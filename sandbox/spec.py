@@ -156,6 +156,8 @@ def isolated_profile(spec: ContainerSpec, req: Request) -> ContainerSpec:
     """The locked filesystem, and a network of its own with no way out but two proxies: the model
     proxy (which holds the real key: the agent gets a placeholder) and the egress proxy (the
     allowlist, default empty). No secret of the user's goes into the container."""
+    from sandbox import proxy
+
     iso_labels = {L.PROXY_OF: req.name, **({L.RUN_ID: req.run_id} if req.run_id else {})}
     model = None
     secrets: dict[str, str] = {}

@@ -108,7 +108,8 @@ def test_parallel_spawns_never_share_a_slot_and_gc_drops_only_dead_slots(env: En
         assert "pool" in plan and "its container is gone" in plan, plan
         assert sorted(set(_pool_ids()) - set(ids)) != [] and victim not in _pool_ids()
         status = env.ok("pool", "--json", cwd=repo).json()
-        assert status["ready"] == 1 and [a["name"] for a in env.ok("ls", "--json", cwd=repo).json()] == names
+        assert status["ready"] == 1, status
+        assert sorted(a["name"] for a in env.ok("ls", "--json", cwd=repo).json()) == names
     finally:
         env.run("pool", "--size", "0", "--profile", "locked", cwd=repo)
         env.run("rm", "--force", *names, cwd=repo)

@@ -355,3 +355,20 @@ def test_six_spawns_at_once_never_more_than_three_working(env: Env, repo: Path) 
     assert all(r.code == 0 for r in results), [(r.code, r.err) for r in results]
     assert 1 <= peak[0] <= 3
     env.ok("rm", "--force", *[r.out.strip() for r in results])
+
+
+def test_a_failure_after_a_stable_run_restarts_at_once_a_crash_loop_backs_off(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(ROOT))
+    from sandbox import contract, inside
+
+    monkeypatch.setattr(inside, "STATE", str(tmp_path / "state.json"))
+    sup = inside.Supervisor(contract.Launch(name="a", session="a", argv=["false"], workdir="/tmp", retries=3,
+                                            backoff=1.0, stable_after=60.0))
+    sup.attempt, sup.attempt_t0 = 1, time.time() - 120  # it ran for two minutes, then failed
+    assert sup.on_exit(1) == 0.0
+    assert json.loads((tmp_path / "state.json").read_text())["state"] == "starting"
+    sup.attempt, sup.attempt_t0 = 2, time.time()  # and failed again at once: backoff(2)
+    assert 1.0 <= sup.on_exit(1) <= 2.0
+    sup.attempt, sup.attempt_t0 = 3, time.time()
+    assert 2.0 <= sup.on_exit(1) <= 4.0

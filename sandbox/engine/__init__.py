@@ -4,13 +4,14 @@ Two lanes, chosen by what the call is (never by what happened to be imported bef
 
 * **plain HTTP** on the engine's local unix socket — no docker-py, no requests (importing them
   costs ~100 ms, more than the call): the calls that are one small request each and that the hot
-  commands (``ls``, ``logs``, ``send``) make: list, inspect (container, image), exec, logs, start,
-  stop, remove. Only when the engine is a local socket without TLS (``DOCKER_HOST`` unset or
-  ``unix://``).
+  commands (``ls``, ``logs``, ``send``) and ``spawn`` make: list, inspect (container, image), create
+  (the Engine API's own JSON, written once for both lanes in ``_create``), ``put_archive``, network
+  lists, exec, logs, start, stop, rename, signal, remove. Only when the engine is a local socket
+  without TLS (``DOCKER_HOST`` unset or ``unix://``).
 * **docker-py** (its low-level ``APIClient``, imported lazily, one connection pool for the life of
-  the process): the calls where it does real work — create (host-config translation, fields gated
-  by API version), networks, build (tar context, streamed progress), ``put_archive``, tag; and every
-  call when the engine is not a local socket (``tcp://``, ``ssh://``, TLS).
+  the process): the calls where it does real work — network create/remove, the proxies' create,
+  build (tar context, streamed progress), tag; and every call when the engine is not a local socket
+  (``tcp://``, ``ssh://``, TLS).
 
 Both lanes raise through :func:`engine_error` (HTTP status + the engine's message →
 ``sandbox.errors``): the same engine answer is the same error whichever lane carried it. No

@@ -472,11 +472,15 @@ class Supervisor:
                     over_budget=None)
         target = C.tmux_target(self.session)
         cmd = agent_command(self.attempt, argv, task_file)
-        if tmux("has-session", "-t", f"={self.session}", check=False).exit_code == 0:
+        if self.attempt > 1 and tmux("has-session", "-t", f"={self.session}", check=False).exit_code == 0:
             tmux("respawn-pane", "-k", "-t", target, "-c", launch.workdir, "--", *cmd)
+            if not self.hooks and not (launch.delivery == "type" and launch.task and session is None):
+                self._report_started()
         else:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
                  "-c", launch.workdir, "--", *cmd)
+            if not self.hooks and not (launch.delivery == "type" and launch.task and session is None):
+                self._report_started()
         if launch.delivery == "type" and launch.task and session is None:
             # From a file (tmux's command line holds 16 KiB), once the agent's terminal is set up.
             _replace(TYPED_FILE, typed_text(self.session, self.attempt, launch.task))
@@ -484,6 +488,17 @@ class Supervisor:
             tmux("load-buffer", "-b", "sandbox-task", TYPED_FILE, ";",
                  "paste-buffer", "-p", "-d", "-r", "-b", "sandbox-task", "-t", target, ";",
                  "send-keys", "-t", target, "Enter", check=False)
+
+    def _report_started(self) -> None:
+        """A hook-less agent's first start: ``busy`` (its screen is being drawn) as soon as the pane's
+        wrapper has started it, without waiting for the loop's first look (a spawn waits on this)."""
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            if _agent_running(self.attempt):
+                now = time.time()
+                write_state("busy", activity=now)
+                return
+            time.sleep(0.002)
 
     def on_exit(self, code: int) -> float | None:
         """The agent's process ended: a delay before restarting it, or None to stay down."""
@@ -493,14 +508,16 @@ class Supervisor:
         if code == 0:
             write_state("exited", exit_code=0, reason="agent exited cleanly")
             return None
-        if time.time() - self.attempt_t0 >= self.stable_after:
+        stable = time.time() - self.attempt_t0 >= self.stable_after
+        if stable:
             self.failures = 0  # it ran fine for a while: this failure starts a new count
         self.failures += 1
         if self.failures > self.retries:
             write_state("failed", exit_code=code, failures=self.failures,
                         reason=f"gave up after {self.failures} failed attempts (last exit {code})")
             return None
-        delay = backoff(self.failures, self.base)
+        # The first failure after a stable run restarts at once (a one-off); a crash loop backs off.
+        delay = 0.0 if stable else backoff(self.failures, self.base)
         write_state("starting", exit_code=code, failures=self.failures,
                     reason=f"exit {code}: restart {self.failures}/{self.retries} in {delay:.1f}s")
         return delay
@@ -586,6 +603,17 @@ def install_wake() -> None:
     WAKE.append(wake_r)
 
 
+def _which(cmd: str, path: str) -> str | None:
+    """``shutil.which`` without importing shutil (a resident init's memory, a warm start's time)."""
+    if "/" in cmd:
+        return cmd if os.access(cmd, os.X_OK) and not os.path.isdir(cmd) else None
+    for d in path.split(os.pathsep):
+        full = os.path.join(d or ".", cmd)
+        if os.access(full, os.X_OK) and not os.path.isdir(full):
+            return full
+    return None
+
+
 def _pooled() -> None:
     """A warm pool's container (``SANDBOX_POOL`` set, no launch document yet): started, no agent, no
     tmux. Waits for the claim: the host writes the launch document on the state mount and signals
@@ -643,9 +671,7 @@ def init() -> int:
     _setup_home(launch, env.get("ANTHROPIC_API_KEY"))
     os.environ.clear()
     os.environ.update(env)
-    from shutil import which
-
-    if which(argv[0]) is None:
+    if _which(argv[0], env.get("PATH", os.defpath)) is None:
         write_state("failed", attempt=1, reason=f"{argv[0]}: command not found in the image", exit_code=127)
         return sup.idle_forever()  # (up as `failed`: exiting would have the engine restart it, unless-stopped)
     return sup.run()

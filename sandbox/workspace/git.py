@@ -102,9 +102,19 @@ def _in_a_workspace(path: Path) -> Path | None:
     return None
 
 
+_FOUND: dict[Path, Repo] = {}  # (one command asks for the same repository more than once)
+
+
 def find_repo(path: Path) -> Repo:
     """The repository containing ``path`` (from the main checkout or any of its worktrees)."""
     path = path.resolve()
+    if path in _FOUND:
+        return _FOUND[path]
+    _FOUND[path] = found = _find_repo(path)
+    return found
+
+
+def _find_repo(path: Path) -> Repo:
     if not path.is_dir():
         raise RepoError(f"not a directory: {path}")
     workspace = _in_a_workspace(path)
@@ -148,34 +158,48 @@ def branch_exists(repo: Repo, branch: str) -> bool:
     return git(repo.top, "show-ref", "--verify", "--quiet", f"refs/heads/{branch}", check=False).returncode == 0
 
 
-def workspace_create(repo: Repo, workspace: Path, agent_git: Path, branch: str, base: str) -> None:
+def heads(repo: Repo) -> dict[str, str]:
+    """The repository's branches: name -> commit (one ``for-each-ref``)."""
+    out = {}
+    for line in git(repo.top, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads").stdout.splitlines():
+        sha, _, ref = line.partition(" ")
+        out[ref[len("refs/heads/"):]] = sha
+    return out
+
+
+_AGENT_GIT_CONFIG = "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n"
+
+
+def workspace_create(repo: Repo, workspace: Path, agent_git: Path, branch: str, base: str,
+                     branches: dict[str, str] | None = None) -> None:
     """Make an agent's own repository: its git dir ``agent_git`` (borrowing the host's objects
     through alternates, so it is instant and writes nothing to the host's store) and its checked-out
-    ``workspace`` on ``branch`` at ``base``, with the host's other branches as ``origin/*``. Both
-    directories may exist already, empty (a warm pool's slot, mounted in its container).
+    ``workspace`` on ``branch`` at ``base``, with the host's other branches (``branches``, else read
+    now) as ``origin/*``. Both directories may exist already, empty (a warm pool's slot, mounted in
+    its container).
 
     The only time the host runs git with the agent's git dir: now, while it is a directory the host
-    has just created and no agent process exists. The caller gives the workspace its ``.git`` file,
-    ``contract.GITFILE`` (a path that exists only inside the container). Four git processes: init,
-    the host's branches, the refs, the checkout (HEAD and ``core.bare`` are written here).
+    has just created and no agent process exists. The git dir is written here (git's own layout:
+    HEAD, config, objects with its alternates, the refs in ``packed-refs``), so one git process
+    remains: the checkout. The caller gives the workspace its ``.git`` file, ``contract.GITFILE`` (a
+    path that exists only inside the container).
     """
     for path in (workspace, agent_git):
         path.mkdir(parents=True, exist_ok=True)
-    git(workspace.parent, "init", "-q", "--bare", "--template=", str(agent_git))
-    config = agent_git / "config"
-    config.write_text(config.read_text().replace("bare = true", "bare = false"))
-    (agent_git / "objects" / "info").mkdir(parents=True, exist_ok=True)
+    if any(agent_git.iterdir()):
+        raise RepoError(f"{agent_git} is not empty")
+    for sub in ("objects/info", "objects/pack", "refs/heads", "refs/tags"):
+        (agent_git / sub).mkdir(parents=True)
     (agent_git / "objects" / "info" / "alternates").write_text(f"{repo.common_dir / 'objects'}\n")
-    refs = git(repo.top, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads").stdout.splitlines()
-    lines = [f"create refs/heads/{branch} {base}"]
-    for line in refs:
-        sha, _, ref = line.partition(" ")
-        if not ref.startswith("refs/heads/" + BRANCH_PREFIX):
-            lines.append(f"create refs/remotes/origin/{ref[len('refs/heads/'):]} {sha}")
-    gd = [f"--git-dir={agent_git}"]
-    git(workspace.parent, *gd, "update-ref", "--stdin", input="\n".join(lines) + "\n")
+    (agent_git / "config").write_text(_AGENT_GIT_CONFIG)
+    refs = {f"refs/heads/{branch}": base}
+    for name, sha in (heads(repo) if branches is None else branches).items():
+        if not name.startswith(BRANCH_PREFIX):
+            refs[f"refs/remotes/origin/{name}"] = sha
+    (agent_git / "packed-refs").write_text(
+        "# pack-refs with: peeled fully-peeled sorted \n" + "".join(f"{refs[r]} {r}\n" for r in sorted(refs)))
     (agent_git / "HEAD").write_text(f"ref: refs/heads/{branch}\n")
-    git(workspace.parent, *gd, f"--work-tree={workspace}", "read-tree", "-u", "--reset", "HEAD")
+    git(workspace.parent, f"--git-dir={agent_git}", f"--work-tree={workspace}", "read-tree", "-u", "--reset", "HEAD")
 
 
 def ext_url(argv: list[str]) -> str:

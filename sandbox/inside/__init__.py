@@ -17,7 +17,7 @@ polling; it only ticks for what needs a clock: the fallback state and time limit
 while the pane changes, less often (up to ``TICK_MAX``) while it does not. A hook-less agent that
 has been quiet for ``PARK_AFTER`` s is *parked*: the supervisor execs a tiny ``sh`` (``PARK``) that
 waits for a hook's signal, the pane's next output (tmux's activity alert) or the next time limit,
-then execs the supervisor again (``resume``), which carries on where it was: no resident Python
+then execs the supervisor again (``init --resume``), which carries on where it was: no resident Python
 while nothing happens. The pane runs the agent under a tiny ``sh`` wrapper that records its exit code.
 
 Inputs, copied in by the host before start: ``/var/lib/sandbox/launch.json`` (argv, task,
@@ -646,7 +646,8 @@ class Supervisor:
             _replace(PARK_FILE, json.dumps({
                 "t0": self.t0, "attempt": self.attempt, "failures": self.failures, "attempt_t0": self.attempt_t0,
                 "last_activity": last_activity, "screen": dict(SCREEN), "at": now}))
-            os.execv("/bin/sh", ["/bin/sh", "-c", PARK, "sandbox-park", self.session, expect, str(nap),
+            # ($0: its command line still names the init, for whoever looks for it: ps, pkill -f)
+            os.execv("/bin/sh", ["/bin/sh", "-c", PARK, "sandbox.inside init (parked)", self.session, expect, str(nap),
                                  sys.executable])
         except OSError:
             return  # (no /tmp space, no sh: stay resident, as before)
@@ -661,10 +662,10 @@ class Supervisor:
 # the pane must still be (dead|activity|attached), $3 seconds until the next time limit, $4 python.
 # Its trap is set first; then one tmux call arms the activity alert (cleared, then monitor-activity on:
 # it fires once, see tmux_wake_conf) and checks the pane, so that a change before the trap is not
-# missed; then it waits for a signal or the clock, and execs the supervisor again (`resume`): a TERM
-# (docker stop) through `resume --term`, which does what the resident init does on it.
+# missed; then it waits for a signal or the clock, and execs the supervisor again (`init --resume`): a
+# TERM (docker stop) through `init --resume --term`, which does what the resident init does on it.
 PARK = (
-    'p=$4; k=; back() { [ -n "$k" ] && kill "$k" 2>/dev/null; exec "$p" -m sandbox.inside resume "$@"; }; '
+    'p=$4; k=; back() { [ -n "$k" ] && kill "$k" 2>/dev/null; exec "$p" -m sandbox.inside init --resume "$@"; }; '
     'trap "back" URG; trap "back --term" TERM INT; '
     'now=$(tmux kill-session -C -t "=$1" \\; set -w -t "=$1:" monitor-activity on \\; '
     'list-panes -t "=$1:" -F "#{pane_dead}|#{window_activity}|#{session_attached}" 2>/dev/null); '
@@ -918,19 +919,9 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "init":
         try:
-            return init()
+            return resume(argv[2:]) if argv[1:2] == ["--resume"] else init()
         except Exception as err:  # noqa: BLE001 - the container's main process: never exit on a fault
             # (exiting would have the engine restart the container without end: restart policy unless-stopped)
-            try:
-                write_state("failed", reason=f"the init failed: {type(err).__name__}: {err}"[:300])
-            except Exception:  # noqa: BLE001,S110 - nothing more to say
-                pass
-            while True:
-                time.sleep(3600)
-    if argv[0] == "resume":  # a parked supervisor's exec (see PARK): as resident as init
-        try:
-            return resume(argv[1:])
-        except Exception as err:  # noqa: BLE001 - the container's main process: never exit on a fault
             try:
                 write_state("failed", reason=f"the init failed: {type(err).__name__}: {err}"[:300])
             except Exception:  # noqa: BLE001,S110 - nothing more to say

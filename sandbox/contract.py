@@ -37,6 +37,7 @@ STATE_LAUNCH = "launch.json"                   # in STATE_MOUNT: the launch docu
 STATE_LAUNCH_FILE = STATE_MOUNT + "/" + STATE_LAUNCH  # host before start (or a warm pool's claim)
 POOL_ENV = "SANDBOX_POOL"                      # set on a warm pool's container: the init waits for a claim
 POOLED = "pooled"                              # its state until then (never an agent's)
+WAKE_SIGNAL = "SIGURG"  # what wakes the init (tmux's hooks, a pool's claim): ignored by default, so never fatal
 REPLY_FILE = "reply.txt"                       # in STATE_MOUNT: the last turn's answer (Claude Code)
 AGENT_GIT = "/var/lib/sandbox-git"             # the agent's own git dir (host: data_dir/agent-git/SLUG/NAME)
 GITFILE = "gitdir: " + AGENT_GIT + "\n"        # the workspace's .git file (mounted read-only over it)

@@ -831,7 +831,7 @@ class SandboxManager(Generic[SettingsT]):
                 self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(files, req.uid, req.gid, "."))
             pool.record_claim(found, {**container.labels, L.POOL: found.key, L.POOL_SLOT: found.id})
             cap.recheck()
-            self.engine.signal(cid, "SIGUSR1")  # (tini passes it on to the init)
+            self.engine.signal(cid, contract.WAKE_SIGNAL)  # (tini passes it on to the init)
             cap.release()
             self._trace.mark("signal")
             crash.point("spawn:start")

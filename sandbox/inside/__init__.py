@@ -11,9 +11,14 @@ configured from the environment, it clones, runs the agent under this supervisor
 The init loop is the supervisor: it restarts a failing agent in the same pane with backoff and
 jitter (a circuit breaker after ``retries``), enforces ``max_time``/``idle_timeout``, and computes
 a fallback state for agents without hooks (pane activity, prompt patterns). See README "States".
-It sleeps until tmux's ``pane-died`` hook signals it (SIGUSR1), so a death is seen at once and an
-idle agent costs no polling; it only ticks (1 s) for what needs a clock: the fallback state and
-time limits. The pane runs the agent under a tiny ``sh`` wrapper that records its exit code.
+It sleeps until one of tmux's hooks signals it (``WAKE_SIGNAL``: the pane died, keys were sent or
+pasted, a client attached), so a death or an input is seen at once and an idle agent costs no
+polling; it only ticks for what needs a clock: the fallback state and time limits, every ``TICK``
+while the pane changes, less often (up to ``TICK_MAX``) while it does not. A hook-less agent that
+has been quiet for ``PARK_AFTER`` s is *parked*: the supervisor execs a tiny ``sh`` (``PARK``) that
+waits for a hook's signal, the pane's next output (tmux's activity alert) or the next time limit,
+then execs the supervisor again (``init --resume``), which carries on where it was: no resident Python
+while nothing happens. The pane runs the agent under a tiny ``sh`` wrapper that records its exit code.
 
 Inputs, copied in by the host before start: ``/var/lib/sandbox/launch.json`` (argv, task,
 workdir, session, …) and ``/var/lib/sandbox/secrets.json`` (API keys, mode 0400). Output: the
@@ -55,7 +60,12 @@ SECRETS = C.SECRETS_FILE
 STATE_DIR = os.environ.get("SANDBOX_STATE_DIR", C.STATE_MOUNT)
 STATE = os.path.join(STATE_DIR, C.STATE_FILE)
 TMUX_CONF = "/tmp/sandbox-tmux.conf"
-INIT_PID = "/tmp/sandbox-init.pid"          # the supervisor's pid: a hook wakes it (SIGUSR1)
+INIT_PID = "/tmp/sandbox-init.pid"          # the supervisor's pid: a hook wakes it (WAKE_SIGNAL)
+PARK_FILE = "/tmp/sandbox-park.json"        # a parked supervisor's own state, for its resume
+# The wake-up signal: one whose default action is to be ignored, so that one arriving while the
+# process is between two programs (parking, resuming: no handler yet) is lost, never fatal; both
+# sides look at the pane once their handler is in place.
+WAKE_SIGNAL = getattr(signal, C.WAKE_SIGNAL)
 TALLY = "/tmp/sandbox-usage.json"           # the token tally of the transcript so far (sandbox.usage.Tally)
 TRANSCRIPT_CAP = 64 * 1024 * 1024           # read at most this much of the transcript per hook run
 MOCK_KEY = "sk-ant-sandbox-mock-model-offline-0000"
@@ -167,7 +177,7 @@ def _setup_home(launch: C.Launch, api_key: str | None) -> None:
     _write(TMUX_CONF, 
         "set -g remain-on-exit on\nset -g scroll-on-clear on\nset -g history-limit 50000\nset -g default-terminal tmux-256color\n"
         "set -g status-right ' sandbox:#{session_name} '\n"
-        f"set-hook -g pane-died 'run-shell -b \"kill -USR1 {os.getpid()}\"'\n"
+        + tmux_wake_conf(os.getpid())
     )
     if not launch.claude:
         return
@@ -195,6 +205,18 @@ def _setup_home(launch: C.Launch, api_key: str | None) -> None:
     settings = _json_object(settings_path)
     settings.update({"hooks": hooks, "skipDangerousModePermissionPrompt": True})
     _replace(settings_path, json.dumps(settings))
+
+
+def tmux_wake_conf(pid: int) -> str:
+    """The tmux hooks that wake the supervisor: the pane died, keys were sent or pasted into it
+    (`sandbox send`), a client attached (never parked then), and the activity alert (armed only
+    while parked: ``PARK``; it disarms itself, as it fires once per arming)."""
+    wake = f'run-shell -b "kill -{WAKE_SIGNAL.name[3:]} {pid}"'
+    hooks = {"pane-died": wake, "after-send-keys": wake, "after-paste-buffer": wake,
+             "client-attached": f"set -w monitor-activity off ; {wake}",
+             "alert-activity": f"set -w monitor-activity off ; {wake}"}
+    return "set -g activity-action any\nset -g visual-activity off\n" + "".join(
+        f"set-hook -g {event} '{cmd}'\n" for event, cmd in hooks.items())
 
 
 def claude_dir() -> str:
@@ -242,29 +264,36 @@ PROMPT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 TERMINAL = C.TERMINAL
-TICK = 1.0    # the loop's period when something needs a clock (fallback state, time limits)
-NAP = 60.0    # otherwise: only the pane-died signal (or this safety net) wakes it
+TICK = 1.0    # the loop's period when something needs a clock (fallback state, time limits) and changes
+TICK_MAX = 4.0  # ... growing (x2 a quiet tick) to this while nothing changes; back to TICK on any change
+NAP = 60.0    # otherwise: only a hook's signal (or this safety net) wakes it
+PARK_AFTER = 6.0  # a hook-less agent idle (or waiting) this long, unchanged, is parked (see PARK)
+PARK_NAP = 300    # a parked supervisor looks again at least this often (s), whatever happens
 WAKE: list[int] = []  # the read end of the signal wake-up pipe, set up by init()
 SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,127}$")  # a Claude Code session id (never an option)
 
 
-def _sleep(seconds: float) -> None:
-    """Sleep, cut short by a signal (SIGUSR1 from tmux's pane-died hook)."""
+def _sleep(seconds: float) -> bool:
+    """Sleep, cut short by a signal (``WAKE_SIGNAL`` from one of tmux's hooks): whether it was."""
     if not WAKE:
         time.sleep(seconds)
-        return
+        return False
     ready, _, _ = select.select(WAKE, [], [], seconds)
     if ready:
         os.read(WAKE[0], 512)
+    return bool(ready)
+
+
+# What `_pane` asks tmux (one call); the park script compares the first, third and last to what they were.
+PANE_FORMAT = "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}|#{pane_pid}|#{window_activity}|#{session_attached}"
 
 
 def _pane(session: str) -> dict[str, Any] | None:
-    """The agent pane: dead, exit code (None while unknown), pid, last activity (epoch s);
-    None without a session. A process killed by signal N counts as exit 128+N, as in a shell."""
-    res = tmux("list-panes", "-t", f"={session}:", "-F",
-               "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}|#{pane_pid}|#{window_activity}", check=False)
+    """The agent pane: dead, exit code (None while unknown), pid, last activity (epoch s), clients
+    attached; None without a session. A process killed by signal N counts as exit 128+N, as in a shell."""
+    res = tmux("list-panes", "-t", f"={session}:", "-F", PANE_FORMAT, check=False)
     parts = (res.text.split("\n") or [""])[0].split("|")
-    if res.exit_code != 0 or len(parts) != 5:
+    if res.exit_code != 0 or len(parts) != 6:
         return None
     dead = parts[0] == "1"
     code: int | None = None
@@ -273,7 +302,8 @@ def _pane(session: str) -> dict[str, Any] | None:
     elif dead and parts[2].isdigit():
         code = 128 + int(parts[2])
     return {"dead": dead, "code": code, "pid": int(parts[3]) if parts[3].isdigit() else 0,
-            "activity": float(parts[4]) if parts[4].isdigit() else time.time()}
+            "activity": float(parts[4]) if parts[4].isdigit() else time.time(),
+            "attached": int(parts[5]) if parts[5].isdigit() else 0}
 
 
 EXIT_FILE = "/tmp/sandbox-agent-exit"
@@ -378,11 +408,20 @@ def backoff(failures: int, base: float, cap: float = 30.0) -> float:
     return min(cap, base * 2 ** max(0, failures - 1)) * random.uniform(0.5, 1.0)
 
 
+SCREEN: dict[str, Any] = {}  # the last quiet screen's verdict: {"activity": pane activity, "state": idle|waiting}
+
+
 def _fallback_state(session: str, pane: dict[str, Any], now: float) -> str:
+    """busy while the pane has output (within QUIET s), else waiting on a prompt pattern, else idle.
+    The screen is read once per quiet spell: with no output since (the same pane activity, whose
+    clock only moves forward), it is the same screen."""
     if now - pane["activity"] < QUIET:
         return "busy"
-    tail = tmux("capture-pane", "-p", "-t", f"={session}:", check=False).text.rstrip().splitlines()[-3:]
-    return "waiting" if tail and PROMPT_PATTERNS.search("\n".join(tail)) else "idle"
+    if SCREEN.get("activity") != pane["activity"]:
+        tail = tmux("capture-pane", "-p", "-t", f"={session}:", check=False).text.rstrip().splitlines()[-3:]
+        SCREEN.update(activity=pane["activity"],
+                      state="waiting" if tail and PROMPT_PATTERNS.search("\n".join(tail)) else "idle")
+    return str(SCREEN["state"])
 
 
 def _kill_agent(pid: int) -> None:
@@ -404,7 +443,7 @@ def _kill_agent(pid: int) -> None:
 class Supervisor:
     """Runs the agent in the tmux pane; restarts it on failure; enforces the time limits."""
 
-    def __init__(self, launch: C.Launch) -> None:
+    def __init__(self, launch: C.Launch, parked: dict[str, Any] | None = None) -> None:
         self.launch = launch
         self.session = launch.session
         self.argv = [str(a) for a in launch.argv]
@@ -418,7 +457,8 @@ class Supervisor:
         prev = read_state()
         self.attempt = int(prev.get("attempt", 0))
         self.failures = int(prev.get("failures", 0))
-        by_user = os.path.exists(C.START_FILE)  # `sandbox start`/`restart` (not the engine's restart policy)
+        # `sandbox start`/`restart` (not the engine's restart policy); a resumed supervisor started nothing
+        by_user = parked is None and os.path.exists(C.START_FILE)
         if by_user:
             try:
                 os.unlink(C.START_FILE)
@@ -430,6 +470,10 @@ class Supervisor:
             self.failures += 1  # the container died under a live agent (the engine restarted it)
         self.circuit_open = not by_user and (prev.get("state") == "failed" or self.failures > self.retries)
         self.attempt_t0 = 0.0
+        self.parked = parked
+        if parked is not None:  # resumed after a park (same container run): carry on where it was
+            self.t0, self.attempt, self.failures = float(parked["t0"]), int(parked["attempt"]), int(parked["failures"])
+            self.attempt_t0, self.circuit_open = float(parked["attempt_t0"]), False
 
     def resumable(self) -> str | None:
         """The conversation to resume (Claude Code: the session id its hooks recorded, while its
@@ -451,6 +495,7 @@ class Supervisor:
         """Called on every wake-up of the loop (headless mode: work-in-progress pushes, the end)."""
 
     def start_agent(self) -> None:
+        SCREEN.clear()  # (a new pane)
         self.attempt += 1
         self.attempt_t0 = time.time()
         launch = self.launch
@@ -527,22 +572,39 @@ class Supervisor:
         if pid:
             _kill_agent(pid)
 
+    def can_park(self) -> bool:
+        """Whether a quiet agent may be parked (see PARK): a hook-less agent under this class (a
+        subclass with a clock of its own, headless mode, never is)."""
+        return not self.hooks and not self.needs_tick and type(self).tick is Supervisor.tick
+
     def run(self) -> int:
-        if self.circuit_open:
+        restart_at: float | None = None
+        last_activity = 0.0
+        period = TICK   # adaptive: TICK after a change, x2 a quiet tick up to TICK_MAX
+        quiet_since = time.time()  # since when nothing changed (the state, the pane's activity)
+        if self.parked is not None:
+            last_activity = float(self.parked.get("last_activity") or 0)
+            SCREEN.update(self.parked.get("screen") or {})
+            woke = True  # (resumed because something happened or a limit is due: look at once)
+        elif self.circuit_open:
             write_state("failed", failures=self.failures,
                         reason=read_state().get("reason") or f"gave up after {self.failures} failed attempts")
             return self.idle_forever()
-        self.start_agent()
-        restart_at: float | None = None
-        last_activity = 0.0
+        else:
+            self.start_agent()
+            woke = False
         needs_clock = not self.hooks or bool(self.max_time or self.idle_timeout) or self.needs_tick
+        seen: tuple[Any, ...] = ()
         while True:
-            period = TICK if needs_clock else NAP
-            if not self.hooks and time.time() - self.attempt_t0 < 2.0:
-                period = 0.02  # a hook-less agent just (re)started: report it ready without delay
-            if restart_at is not None:
-                period = max(0.0, restart_at - time.time())
-            _sleep(period)  # until the pane-died hook's signal, or the clock
+            if self.parked is not None:
+                self.parked = None  # (the first round: no sleep)
+            else:
+                wait = (TICK if self.needs_tick else period) if needs_clock else NAP
+                if not self.hooks and time.time() - self.attempt_t0 < 2.0:
+                    wait = 0.02  # a hook-less agent just (re)started: report it ready without delay
+                if restart_at is not None:
+                    wait = max(0.0, restart_at - time.time())
+                woke = _sleep(wait)  # until a hook's signal, or the clock
             now = time.time()
             self.tick(now)
             if restart_at is not None:
@@ -553,6 +615,7 @@ class Supervisor:
                     except SpawnFailed:
                         self.attempt -= 1
                         restart_at = now + TICK  # (the pids limit: try again in a moment)
+                    period, quiet_since = TICK, time.time()
                 continue
             try:
                 pane = _pane(self.session)
@@ -583,8 +646,38 @@ class Supervisor:
                 if (new and new != state.get("state")) or activity > last_activity + 0.5:
                     write_state(new, activity=activity)
                     last_activity = activity
+                now_seen = (new or state.get("state"), pane["activity"], pane["attached"])
+                if woke or now_seen != seen:
+                    period, quiet_since, seen = TICK, now, now_seen
+                else:
+                    period = min(TICK_MAX, period * 2)
+                    if (now - quiet_since >= PARK_AFTER and new in ("idle", "waiting") and not pane["attached"]
+                            and self.can_park()):
+                        self.park(pane, last_activity)  # (returns only when it could not)
+                        period, quiet_since = TICK, time.time()
             except SpawnFailed:
                 continue  # no process could start (the pids limit): look again at the next tick, never give up
+
+    def park(self, pane: dict[str, Any], last_activity: float) -> None:
+        """Hand over to ``PARK`` (an exec: same pid, no Python left) until something happens: a hook's
+        signal, the pane's next output, the next time limit (or ``PARK_NAP``); then ``resume``."""
+        now = time.time()
+        due = [float(PARK_NAP)]
+        if self.max_time:
+            due.append(self.t0 + self.max_time - now)
+        if self.idle_timeout:
+            due.append(last_activity + self.idle_timeout - now)
+        nap = max(1, int(min(due) + 0.999))
+        expect = f"0|{pane['activity']:.0f}|0"  # alive, the activity, no client: what it must still be
+        try:
+            _replace(PARK_FILE, json.dumps({
+                "t0": self.t0, "attempt": self.attempt, "failures": self.failures, "attempt_t0": self.attempt_t0,
+                "last_activity": last_activity, "screen": dict(SCREEN), "at": now}))
+            # ($0: its command line still names the init, for whoever looks for it: ps, pkill -f)
+            os.execv("/bin/sh", ["/bin/sh", "-c", PARK, "sandbox.inside init (parked)", self.session, expect, str(nap),
+                                 sys.executable])
+        except OSError:
+            return  # (no /tmp space, no sh: stay resident, as before)
 
     def idle_forever(self) -> int:
         """Stay up with the pane (and its history) in place, so `logs` still works; a TERM ends it."""
@@ -592,14 +685,30 @@ class Supervisor:
             time.sleep(3600)
 
 
+# A parked supervisor (an exec of `Supervisor.park`: the init's pid, tini's child): $1 session, $2 what
+# the pane must still be (dead|activity|attached), $3 seconds until the next time limit, $4 python.
+# Its trap is set first; then one tmux call arms the activity alert (cleared, then monitor-activity on:
+# it fires once, see tmux_wake_conf) and checks the pane, so that a change before the trap is not
+# missed; then it waits for a signal or the clock, and execs the supervisor again (`init --resume`): a
+# TERM (docker stop) through `init --resume --term`, which does what the resident init does on it.
+PARK = (
+    'p=$4; k=; back() { [ -n "$k" ] && kill "$k" 2>/dev/null; exec "$p" -m sandbox.inside init --resume "$@"; }; '
+    'trap "back" URG; trap "back --term" TERM INT; '
+    'now=$(tmux kill-session -C -t "=$1" \\; set -w -t "=$1:" monitor-activity on \\; '
+    'list-panes -t "=$1:" -F "#{pane_dead}|#{window_activity}|#{session_attached}" 2>/dev/null); '
+    '[ "$now" = "$2" ] || back; '
+    'sleep "$3" & k=$!; wait "$k"; k=; back'
+)
+
+
 def install_wake() -> None:
-    """tmux tells the supervisor at once when the agent's pane dies (see TMUX_CONF): a SIGUSR1
-    handled (not blocked: tmux and the agent would inherit a blocked mask) and turned into a
-    readable pipe that the loop waits on."""
+    """tmux tells the supervisor at once when the agent's pane dies, keys are sent to it, a client
+    attaches (see tmux_wake_conf): a WAKE_SIGNAL handled (not blocked: tmux and the agent would
+    inherit a blocked mask) and turned into a readable pipe that the loop waits on."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
-    signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+    signal.signal(WAKE_SIGNAL, lambda signum, frame: None)
     WAKE.append(wake_r)
 
 
@@ -617,11 +726,41 @@ def _which(cmd: str, path: str) -> str | None:
 def _pooled() -> None:
     """A warm pool's container (``SANDBOX_POOL`` set, no launch document yet): started, no agent, no
     tmux. Waits for the claim: the host writes the launch document on the state mount and signals
-    (SIGUSR1, forwarded by tini); a slow look catches a lost signal."""
+    (``WAKE_SIGNAL``, forwarded by tini); a slow look catches a lost signal."""
     install_wake()
     write_state("pooled", reason="in the warm pool, waiting for a spawn to claim it")
     while not os.path.exists(C.STATE_LAUNCH_FILE):
         _sleep(NAP)
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    """SIGTERM (docker stop): the agent is stopped, the tmux server with it; the init ends."""
+    if read_state().get("state") not in ("failed", "stopped"):
+        write_state("stopped", reason="stopped")
+    write_state(None, ended=time.time())  # (a running container with this set has a new init coming)
+    tmux("kill-server", check=False)
+    sys.exit(0)
+
+
+def resume(argv: list[str]) -> int:
+    """The supervisor again after a park (see PARK): same pid, same environment (the secrets in it);
+    nothing is set up or started again; ``--term``: it was a SIGTERM."""
+    if "--term" in argv:
+        _on_term(signal.SIGTERM, None)
+    install_wake()
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    # Off again: armed while parked only (it would wake the loop at each output). One call.
+    launch = C.Launch.from_json(_read(LAUNCH))
+    tmux("set", "-w", "-t", C.tmux_target(launch.session), "monitor-activity", "off", check=False)
+    try:
+        parked = json.loads(_read(PARK_FILE))
+    except (OSError, ValueError):
+        parked = None
+    if not isinstance(parked, dict):  # (cannot happen but by hand: start over as a container restart would)
+        write_state("failed", reason="the supervisor lost its state while parked")
+        return Supervisor(launch).idle_forever()
+    return Supervisor(launch, parked).run()
 
 
 def init() -> int:
@@ -644,15 +783,8 @@ def init() -> int:
     if not WAKE:
         install_wake()
 
-    def on_term(signum: int, frame: Any) -> None:
-        if read_state().get("state") not in ("failed", "stopped"):
-            write_state("stopped", reason="stopped")
-        write_state(None, ended=time.time())  # (a running container with this set has a new init coming)
-        tmux("kill-server", check=False)
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
 
     sup = Supervisor(launch)
     try:
@@ -754,7 +886,7 @@ def _usage_safely(payload: dict[str, Any]) -> dict[str, Any] | None:
 
 def _wake_init() -> None:
     try:
-        os.kill(int(_read(INIT_PID).strip()), signal.SIGUSR1)
+        os.kill(int(_read(INIT_PID).strip()), WAKE_SIGNAL)
     except (OSError, ValueError):
         pass
 
@@ -840,7 +972,7 @@ def main(argv: list[str]) -> int:
         return 2
     if argv[0] == "init":
         try:
-            return init()
+            return resume(argv[2:]) if argv[1:2] == ["--resume"] else init()
         except Exception as err:  # noqa: BLE001 - the container's main process: never exit on a fault
             # (exiting would have the engine restart the container without end: restart policy unless-stopped)
             try:

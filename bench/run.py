@@ -42,7 +42,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("SANDBOX_IMAGE", "sandbox-agent:latest")
 ENGINE_SOCK = "/var/run/docker.sock"
-CPU_WINDOW = 15.0  # idle CPU is measured over the image's HEALTHCHECK interval: one check per container in it
+CPU_WINDOW = 30.0  # idle CPU is measured over the image's HEALTHCHECK interval: one check per container in it
 # `docker ps --format '{{json .}}'` marshals every field, Size included, which makes the docker CLI ask the
 # engine to compute each container's disk usage (seconds per container on fuse-overlayfs: 8-30 s for 5
 # containers here). The baseline prints the same fields `ls` needs, as JSON, without the size walk.

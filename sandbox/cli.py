@@ -290,6 +290,9 @@ def pool_cmd(
     if as_json:
         typer.echo(json.dumps(got, indent=2))
         return
+    if not got["size"]:
+        typer.echo(f"pool {got['key']}: empty ({mgr.settings.profile}, {mgr.settings.image}, {found.top})")
+        return
     typer.echo(f"pool {got['key']}: {got['ready']}/{got['size']} ready ({got['profile']}, {got['image']}, {got['repo']})")
 
 

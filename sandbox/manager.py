@@ -891,8 +891,13 @@ class SandboxManager(Generic[SettingsT]):
         if size < 0:
             raise UsageError("--size must be 0 or more")
         key, _ = self.pool_key(repo)
-        pool.write_record(self.settings.data_dir, key, {"size": size, "repo": str(repo.top), "flags": flags,
-                                                        "image": self.settings.image, "profile": self.settings.profile})
+        record = {"size": size, "repo": str(repo.top), "flags": flags, "image": self.settings.image,
+                  "profile": self.settings.profile}
+        pool.write_record(self.settings.data_dir, key, record)
+        for other, was in pool.records(self.settings.data_dir).items():  # the same pool made before the image
+            if other != key and all(was.get(f) == record[f] for f in ("repo", "image", "profile")):  # or settings changed
+                pool.write_record(self.settings.data_dir, other, {**was, "size": 0})
+                self.pool_fill(other, repo, wait=True, on_step=on_step)
         self.pool_fill(key, repo, wait=True, on_step=on_step)
         return self.pool_status(key)
 
@@ -951,6 +956,8 @@ class SandboxManager(Generic[SettingsT]):
                     pool.drop_slot(found)
                     raise
                 started.append(found)
+            if not int(record.get("size") or 0) and not pool.slots(data, key):
+                shutil.rmtree(pool.pool_dir(data, key), ignore_errors=True)  # (emptied: no pool left to show)
             deadline = time.monotonic() + self.settings.ready_timeout
             while wait and started and time.monotonic() < deadline:
                 started = [f for f in started if _read_state(str(f.state_dir)).get(S.STATE) != contract.POOLED]
@@ -974,7 +981,8 @@ class SandboxManager(Generic[SettingsT]):
                     counts["starting"] += 1
             out.append({"key": k, **{f: record.get(f) for f in ("size", "repo", "image", "profile")}, **counts})
         if key is not None:
-            return out[0] if out else {"key": key, "size": 0, "ready": 0, "starting": 0, "claimed": 0}
+            return out[0] if out else {"key": key, "size": 0, "repo": None, "image": None, "profile": None,
+                                       "ready": 0, "starting": 0, "claimed": 0}
         return {"pools": out, "ready": sum(p["ready"] for p in out)}
 
     def proxies(self, name: str) -> list[dict[str, Any]]:

@@ -252,7 +252,7 @@ def test_always_failing_agent_is_failed_and_stays_down(env: Env, repo: Path) -> 
         assert row(env, name)["attempt"] == 3
     assert env.run("wait", name, "--until", "idle", "--timeout", "5").code == 8  # failed, not idle
     assert "failed" in env.ok("ls").out
-    wait_for(lambda: docker_json(f"sandbox-{name}")["State"]["Health"]["Status"] == "unhealthy", 90, "unhealthy")
+    wait_for(lambda: docker_json(f"sandbox-{name}")["State"]["Health"]["Status"] == "unhealthy", 150, "unhealthy")
     assert docker_json(f"sandbox-{name}")["State"]["Running"]  # stays up: logs still work
     assert "broken" in env.ok("logs", name).out
     env.ok("rm", "--force", name)
@@ -263,7 +263,7 @@ def test_killed_agent_and_killed_container(env: Env, repo: Path) -> None:
     name = env.ok("spawn", "--name", "st-kill", "--retries", "3", "--agent-cmd", "sleep 1000",
                   cwd=repo, extra=FAST).out.strip()
     container = f"sandbox-{name}"
-    wait_for(lambda: docker_json(container)["State"]["Health"]["Status"] == "healthy", 90, "healthy")
+    wait_for(lambda: docker_json(container)["State"]["Health"]["Status"] == "healthy", 150, "healthy")
 
     # 1. The agent's process is killed: restarted in the same pane, attempt 2.
     env.ok("exec", name, "--", "pkill", "-KILL", "-x", "sleep")

@@ -1027,7 +1027,7 @@ class SandboxManager(Generic[SettingsT]):
         timeout = timeout if timeout is not None else self.settings.ready_timeout
         state_dir = sandbox.labels.get(L.STATE_DIR)
         deadline = time.monotonic() + timeout
-        delay = 0.005
+        delay = 0.002
         checks = 0
         while True:
             # (no state dir here: a Compose replica's state file, read in its container)
@@ -1048,7 +1048,7 @@ class SandboxManager(Generic[SettingsT]):
                 raise AgentError(f"agent {sandbox.name} not ready after {timeout:.0f}s",
                                  hint=f"see `sandbox logs {sandbox.name}`")
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.025)  # a local file read: polling often costs nothing, late costs latency
+            delay = min(delay * 1.25, 0.025)  # a local file read: polling often costs nothing, late costs latency
 
     # -- talking to an agent -------------------------------------------------------------------
     def require_running(self, name: str) -> Sandbox:

@@ -20,10 +20,8 @@ container, and no agent process has run there before the claim):
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +67,8 @@ def root(data_dir: Path) -> Path:
 
 def key_of(parts: dict[str, Any]) -> str:
     """The pool key of a container's create-time parts (JSON-able)."""
+    import hashlib  # (not at import: `ls` reads claims, never keys)
+
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -103,7 +103,7 @@ def new_slot(data_dir: Path, key: str, uid: int, gid: int) -> Slot:
     """A fresh slot's directories (the agent's uid owns the mounted ones), its ``.git`` file in place."""
     d = pool_dir(data_dir, key)
     d.mkdir(parents=True, exist_ok=True)
-    sid = secrets.token_hex(5)
+    sid = os.urandom(5).hex()
     slot = Slot(key, sid, d / sid)
     slot.dir.mkdir()
     for sub in (slot.workspace, slot.agent_git, slot.state_dir):

@@ -26,6 +26,9 @@ fi
 docker info >/dev/null 2>&1 || { echo "the Docker engine is not reachable (is it running? are you in the docker group?)" >&2; exit 1; }
 
 scripts/venv.sh .venv  # the package and its dependencies at the versions of constraints.txt
+# The checkout's modules compiled now (even where PYTHONDONTWRITEBYTECODE is set): every command starts
+# from bytecode (~30 ms a command otherwise); quick when nothing changed.
+.venv/bin/python -m compileall -q sandbox >/dev/null || true
 
 say "building the agent image (reused when up to date)"
 .venv/bin/sandbox image build --offline --proxy

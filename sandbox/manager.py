@@ -654,8 +654,8 @@ class SandboxManager(Generic[SettingsT]):
         explicit: bool,
     ) -> Sandbox:
         s = self.settings
-        # (a name another agent holds: the engine's unique container names refuse it, at create or
-        # at a pool container's rename: _NameTaken, no list here)
+        if self._containers(L.managed_filter(f"{L.NAME}={name}")):
+            raise _NameTaken(name)
         branch = BRANCH_PREFIX + name
         worktree = s.data_dir / "workspaces" / repo.slug / name
         agent_git = s.data_dir / "agent-git" / repo.slug / name
@@ -934,7 +934,7 @@ class SandboxManager(Generic[SettingsT]):
             for extra in free[int(record.get("size") or 0):]:
                 if pool.claim(extra):
                     step(f"removing {extra.id}")
-                    self.engine.remove(extra.container_id() or extra.id)
+                    self.engine.remove(extra.container_id() or spec_.POOL_CONTAINER_PREFIX + extra.id)
                     pool.drop_slot(extra)
             started = []
             while make is not None and len(free) + len(started) < int(record.get("size") or 0):

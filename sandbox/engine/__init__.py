@@ -665,6 +665,13 @@ class Engine:
         except Conflict:
             pass  # another spawn created it first
         winner = pick()
+        if made is not None and winner == made:
+            # Two creates at once can both succeed (the engine's duplicate check is not atomic), and the
+            # other one, older, may show in the list only a moment after ours: look again once settled.
+            import time
+
+            time.sleep(0.2)
+            winner = pick()
         if winner is None:
             raise EngineError(f"create network {name}: the engine does not list it")
         if made is not None and made != winner:

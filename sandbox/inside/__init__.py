@@ -876,6 +876,27 @@ def _usage(payload: dict[str, Any]) -> dict[str, Any] | None:
             os.close(fd)
 
 
+def _await_in_transcript(payload: dict[str, Any], timeout: float = 1.0) -> None:
+    """PreToolUse: the model call that asked for this tool may reach the transcript just after the hook
+    starts; its usage must count before the budget lets the tool run. Wait (briefly, bounded) until the
+    tool call's id is in the transcript's tail."""
+    path, needle = payload.get("transcript_path"), payload.get("tool_use_id")
+    if not isinstance(path, str) or not isinstance(needle, str) or not needle:
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 1024 * 1024))
+                if needle.encode() in f.read():
+                    return
+        except OSError:
+            return
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+
+
 def _usage_safely(payload: dict[str, Any]) -> dict[str, Any] | None:
     """``_usage``, never failing the hook (the state must move on whatever the transcript holds)."""
     try:
@@ -935,6 +956,8 @@ def hook(event: str) -> int:
             fields["reason"] = "question"
     over = None
     if event in USAGE_EVENTS:
+        if event == "PreToolUse":
+            _await_in_transcript(payload)
         used = _usage_safely(payload)
         if event == "Stop" and used is not None:
             # The turn's last answer may reach the transcript just after this hook starts (as for

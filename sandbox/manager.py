@@ -972,7 +972,10 @@ class SandboxManager(Generic[SettingsT]):
             if key is not None and k != key:
                 continue
             counts = {"ready": 0, "starting": 0, "claimed": 0}
-            for found in pool.slots(data, k):
+            found_slots = pool.slots(data, k)
+            if not record.get("size") and not found_slots and key is None:
+                continue  # (an emptied pool: nothing to show)
+            for found in found_slots:
                 if found.claimed:
                     counts["claimed"] += 1
                 elif _read_state(str(found.state_dir)).get(S.STATE) == contract.POOLED:

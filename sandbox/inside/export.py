@@ -83,7 +83,10 @@ def export(argv: list[str]) -> int:
             tree = None
             own = os.path.join(contract.AGENT_GIT, "index")
             if os.path.isfile(own) and not os.path.islink(own):  # its stat data spares rehashing every file
-                shutil.copyfile(own, index)
+                # copy2: the copy keeps the index's mtime, so git's own rule for "racily clean" entries (a
+                # file changed in the second the index was written, same size) still has it look at their
+                # content; a copy dated now made such an edit invisible (a backup without it)
+                shutil.copy2(own, index)
                 if git(*wt, "add", "--all", "--ignore-errors", "--", ".", index=index, cwd=workdir) is not None:
                     tree = git(*bare, "write-tree", index=index)
             if tree is None:

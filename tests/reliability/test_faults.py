@@ -113,12 +113,13 @@ def test_init_killed(world) -> None:  # type: ignore[no-untyped-def]
     env, repo = world
     ws = with_work(env, repo, "init", "--retries", "1")
     kill = ["docker", "exec", "sandbox-init", "pkill", "-KILL", "-f", "sandbox.inside init"]
-    subprocess.run(kill, check=True)
+    # (pkill's own exit is 137 when the container's teardown, once its init is gone, beats it)
+    assert subprocess.run(kill).returncode in (0, 137)
     wait_for(lambda: (r := row(env, "init"))["attempt"] == 2 and r["state"] in ("idle", "busy"), 60, "back after the kill")
     intact(ws, "init")
     env.ok("send", "init", "echo alive-$((6*7))")
     wait_for(lambda: "alive-42" in env.ok("logs", "init").out, 20, "typing after the restart")
-    subprocess.run(kill, check=True)  # again, within the stable time: past --retries 1 -> failed, and stays so
+    assert subprocess.run(kill).returncode in (0, 137)  # again, within the stable time: past --retries 1 -> failed
     wait_for(lambda: row(env, "init")["state"] == "failed", 60, "failed after too many deaths")
     time.sleep(2)
     r = row(env, "init")

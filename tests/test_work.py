@@ -225,6 +225,18 @@ def test_rm_refuses_then_force_backs_up_and_restore_is_byte_exact(env: Env, repo
         assert (manual / p).read_bytes() == data, p
 
 
+def test_an_edit_in_the_second_its_index_was_written_is_in_the_snapshot(env: Env, repo: Path) -> None:
+    """Racy git: the checkout writes README.md and the index, and an edit of the same size lands in that same
+    second. The export's snapshot (what `diff`, `rm --force`'s backup and `gc` read) must still see it."""
+    a, wt = spawn(env, repo, "racy")
+    sh(env, a, "for i in 1 2 3 4 5 6 7 8 9 10; do s=$(date +%s); printf 'edited\\n' > README.md; git checkout -- README.md "
+               "&& printf 'edited\\n' > README.md; [ \"$(date +%s)\" = \"$s\" ] && break; done; sleep 1.2")
+    assert (wt / "README.md").read_bytes() == b"edited\n" and len(b"edited\n") == len(b"# demo\n")
+    out = env.ok("diff", a, "--uncommitted", cwd=repo).out
+    assert "+edited" in out and "-# demo" in out, out
+    env.ok("rm", "--force", a, cwd=repo)
+
+
 def test_gc_after_a_crash_touches_only_ours(env: Env, repo: Path, tmp_path: Path) -> None:
     # g1: squash-merged by hand, then its container removed by hand -> orphan workspace + merged branch.
     g1, w1 = spawn(env, repo, "sq")

@@ -353,6 +353,7 @@ class Bench:
         sb: list[float] = []
         raw: list[float] = []
         refill: list[float] = []
+        steps: dict[str, list[float]] = {}
         claimed = 0
         names: list[str] = []
         raw_names: list[str] = []
@@ -363,9 +364,11 @@ class Bench:
             self.record("pool_fill_s", self.wait_pool(n))
             for i in range(n):
                 name = f"w{i + 1}-{self.tag}"
-                dt, _ = self.cli("spawn", "--agent-cmd", "bash", "--name", name)
+                dt, proc = self.cli("spawn", "--trace", "--agent-cmd", "bash", "--name", name)
                 names.append(name)
                 sb.append(dt)
+                for step, ms in parse_trace(proc.stderr).items():
+                    steps.setdefault(step, []).append(ms)
                 claimed += self.pool_ready() < n  # (a refill takes a container start: it is not back yet)
                 refill.append(self.wait_pool(n))
                 dt, raw_name = self.raw_spawn()
@@ -385,6 +388,8 @@ class Bench:
             self.record("warm_spawn_s", median(sb))
             self.record("warm_spawn_raw_s", median(raw))
             self.record("warm_refill_s", median(refill))
+        if steps:
+            self.record("profile_warm_ms", {step: round(median(v) or 0.0, 1) for step, v in steps.items()})
 
     def profile(self) -> None:
         """`spawn --trace` x reps: the median of each step it reports on stderr (``parse_trace``)."""
@@ -836,16 +841,22 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
 
 
 def profile_table(r: dict[str, Any]) -> str | None:
-    """The spawn profile (`spawn --trace`, medians per step) as a small table, or None."""
+    """The spawn profile (`spawn --trace`, medians per step; cold, and warm from the pool row) as a small
+    table, or None."""
     prof = r.get("profile_ms")
     if not prof:
         return None
+    warm = r.get("profile_warm_ms") or {}
     total = prof.get("total") or sum(v for k, v in prof.items() if k != "total")
     lines = [f"spawn profile (`spawn --trace`, medians of {r.get('profile_n', '?')}; wall time of the command "
-             f"{r.get('profile_wall_ms', '—')} ms):", "", "| step | median | share of total |", "|---|---|---|"]
-    for step, v in prof.items():
-        share = f"{100 * v / total:.0f} %" if total and step != "total" else ""
-        lines.append(f"| {step} | {v:.1f} ms | {share} |")
+             f"{r.get('profile_wall_ms', '—')} ms; warm: the warm-pool row's spawns):", "",
+             "| step | cold | share of total | warm |", "|---|---|---|---|"]
+    order = [k for k in [*prof, *(k for k in warm if k not in prof)] if k != "total"] + ["total"]
+    for step in order:
+        v = prof.get(step)
+        share = f"{100 * v / total:.0f} %" if v is not None and total and step != "total" else ""
+        cold = "—" if v is None else f"{v:.1f} ms"
+        lines.append(f"| {step} | {cold} | {share} | {f'{warm[step]:.1f} ms' if step in warm else '—'} |")
     return "\n".join(lines)
 
 

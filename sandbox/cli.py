@@ -266,8 +266,7 @@ def pool_cmd(
     from sandbox.workspace import git as gitops
 
     if top_up is not None:  # (the background top-up after a claim: the pool's own settings)
-        mgr0 = _manager(repo)
-        record = pool_.read_record(mgr0.settings.data_dir, top_up)
+        record = pool_.read_record(_reader(repo)[1].settings.data_dir, top_up)  # (the light settings: its dir)
         if record and record.get("repo"):
             mgr = _manager(Path(record["repo"]), **(record.get("flags") or {}))
             mgr.pool_fill(top_up, gitops.find_repo(Path(record["repo"])), wait=False)

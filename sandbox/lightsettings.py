@@ -242,11 +242,10 @@ class Snapshot:
     host-only cache file: the same attributes and methods, none of pydantic's import (~115 ms)."""
 
     def __init__(self, values: dict[str, Any]) -> None:
-        self._values = {k: (Path(v) if k in _PATHS and v is not None else v) for k, v in values.items()}
-        self.__dict__.update(self._values)
+        self.__dict__.update({k: (Path(v) if k in _PATHS and v is not None else v) for k, v in values.items()})
 
     def model_dump(self) -> dict[str, Any]:
-        return dict(self._values)
+        return dict(vars(self))
 
     def price_table(self) -> list[dict[str, dict[str, float]]]:
         from sandbox import usage

@@ -234,6 +234,12 @@ def _tar(files: dict[str, tuple[bytes, int]], uid: int, gid: int, top: str) -> b
     return buf.getvalue()
 
 
+def _every_container_of_ours(filters: list[str]) -> list[str]:
+    """The engine-side filters that also match claimed warm pool containers (they carry no agent's
+    labels): every container with our schema label, of this run id; the rest is for ``L.matches``."""
+    return [L.SCHEMA_KEY, *(f for f in filters if f.startswith(L.RUN_ID + "="))]
+
+
 def _write_state_files(container: spec_.ContainerSpec, uid: int, gid: int) -> None:
     """The spec's ``state_files`` into its state dir, which the host made a moment ago and no agent
     process has seen: created afresh (``O_EXCL``, no link followed), the agent's uid as owner."""
@@ -296,7 +302,7 @@ class SandboxManager(Generic[SettingsT]):
         if not claims:
             return self.engine.list_containers(filters)
         found = []
-        for c in self.engine.list_containers([L.SCHEMA_KEY, *(f for f in filters if f.startswith(L.RUN_ID + "="))]):
+        for c in self.engine.list_containers(_every_container_of_ours(filters)):
             labels = c.get("Labels") or {}
             if L.POOL_SLOT in labels:
                 if labels[L.POOL_SLOT] not in claims:
@@ -375,7 +381,7 @@ class SandboxManager(Generic[SettingsT]):
         """The label filters of this manager's agents (managed, this run id): for ``Engine.events``;
         with warm pool agents about, every container of ours (a claimed one has no agent's labels)."""
         if pool.claims(self.settings.data_dir):
-            return [L.SCHEMA_KEY, *(f for f in self._filters() if f.startswith(L.RUN_ID + "="))]
+            return _every_container_of_ours(self._filters())
         return self._filters()
 
     def refreshed(self, sb: Sandbox) -> Sandbox:
@@ -693,22 +699,27 @@ class SandboxManager(Generic[SettingsT]):
                     return warm
         with ExitStack() as undo:
             step(f"workspace {worktree} on branch {branch}")
-            self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo, branches=branches)
+            self._make_workspace(repo, ws, branch, base_sha, uid, gid, undo, name=name, branches=branches)
             self._trace.mark("workspace")
             crash.point("spawn:workspace")
             step(f"container {container.name}")
             self._run(container, undo, slot)
             crash.point("spawn:start")
-            sandbox = self.get(name)
-            self._trace.mark("get")
-            if wait_ready:
-                step("waiting for the agent to be ready")
-                sandbox = self.wait_ready(sandbox)
-                self._trace.mark("ready")
-            crash.point("spawn:ready")
+            sandbox = self._until_ready(name, wait_ready, step)
             undo.pop_all()
             return sandbox
         raise AssertionError("unreachable")
+
+    def _until_ready(self, name: str, wait_ready: bool, step: Callable[[str], None]) -> Sandbox:
+        """Spawn, last step: the new agent's snapshot, once it accepts input (``wait_ready``)."""
+        sandbox = self.get(name)
+        self._trace.mark("get")
+        if wait_ready:
+            step("waiting for the agent to be ready")
+            sandbox = self.wait_ready(sandbox)
+            self._trace.mark("ready")
+        crash.point("spawn:ready")
+        return sandbox
 
     def _request(self: SandboxManager[Settings], name: str, agent: agents.AgentSpec, model: str | None,
                  task: str | None, repo: gitops.Repo, branch: str, base_sha: str, image_id: str,
@@ -730,23 +741,23 @@ class SandboxManager(Generic[SettingsT]):
             max_cost=s.max_cost, prices=s.price_table() if s.max_cost else None)
 
     def _make_workspace(self, repo: gitops.Repo, ws: spec_.Workspace, branch: str, base: str, uid: int, gid: int,
-                        undo: ExitStack, *, name: str | None = None, fresh_state: bool = True,
+                        undo: ExitStack, *, name: str, fresh: bool = True,
                         branches: dict[str, str] | None = None) -> None:
         """The host branch, the agent's own repository and workspace, its state dir (each undone on
-        failure). A pool's slot (``fresh_state=False``) has its directories already, mounted."""
+        failure). A pool's slot (``fresh=False``) has its directories, ``.git`` file and state dir
+        already, mounted in its container."""
         gitops.branch_create(repo, branch, base)
         undo.callback(gitops.branch_delete, repo, branch)
         undo.callback(shutil.rmtree, ws.agent_git, True)
         undo.callback(shutil.rmtree, ws.path, True)
         gitops.workspace_create(repo, ws.path, ws.agent_git, branch, base, branches)
-        gitfile = ws.path / ".git"
-        if not gitfile.is_file() or gitfile.is_symlink() or gitfile.read_text() != contract.GITFILE:
-            gitfile.write_text(contract.GITFILE)
+        if fresh:
+            (ws.path / ".git").write_text(contract.GITFILE)
         if os.getuid() == 0:
             _chown_tree(uid, gid, ws.path, ws.agent_git)  # (the .git file too: git checks its owner; it is mounted ro)
-        self._sync_mark(name or ws.path.name, ws.agent_git)
+        self._sync_mark(name, ws.agent_git)
         self._record_repo(repo)
-        if not fresh_state:
+        if not fresh:
             return
         if ws.state_dir.exists():
             shutil.rmtree(ws.state_dir)
@@ -774,15 +785,20 @@ class SandboxManager(Generic[SettingsT]):
         self._trace.mark("create")
         crash.point("spawn:create")
         slot.recheck()
-        uid, gid = container.user
-        _write_state_files(container, uid, gid)
-        if files := container.files():  # (the secrets: never on the state mount)
-            self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(files, uid, gid, "."))
+        self._hand_over(container, cid)
         self._trace.mark("copy")
         self.engine.start(cid)
         self._trace.mark("start")
         slot.release()  # the new agent is `starting` now: it counts itself
         return cid
+
+    def _hand_over(self, container: spec_.ContainerSpec, cid: str) -> None:
+        """What the init reads at its start: the launch document onto the state mount, the secrets (if
+        any) by ``put_archive`` into the launch dir — never onto a mount."""
+        uid, gid = container.user
+        _write_state_files(container, uid, gid)
+        if files := container.files():
+            self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(files, uid, gid, "."))
 
     # -- the warm pool (sandbox.pool: the slots on this host; the containers on the engine) -------------
     def _take_slot(self, key: str) -> pool.Slot | None:
@@ -823,24 +839,17 @@ class SandboxManager(Generic[SettingsT]):
             undo.callback(self.engine.remove, cid)
             step(f"workspace {ws.path} on branch {req.branch} (warm pool)")
             self._make_workspace(repo, ws, req.branch, req.base, req.uid, req.gid, undo, name=req.name,
-                                 fresh_state=False, branches=branches)
+                                 fresh=False, branches=branches)
             self._trace.mark("workspace")
             crash.point("spawn:workspace")
-            _write_state_files(container, req.uid, req.gid)
-            if files := container.files():  # (the secrets: never on the state mount)
-                self.engine.put_archive(cid, contract.LAUNCH_DIR, _tar(files, req.uid, req.gid, "."))
+            self._hand_over(container, cid)
             pool.record_claim(found, {**container.labels, L.POOL: found.key, L.POOL_SLOT: found.id})
             cap.recheck()
             self.engine.signal(cid, contract.WAKE_SIGNAL)  # (tini passes it on to the init)
             cap.release()
             self._trace.mark("signal")
             crash.point("spawn:start")
-            sandbox = self.get(req.name)
-            if wait_ready:
-                step("waiting for the agent to be ready")
-                sandbox = self.wait_ready(sandbox)
-                self._trace.mark("ready")
-            crash.point("spawn:ready")
+            sandbox = self._until_ready(req.name, wait_ready, step)
             undo.pop_all()
             return sandbox
         raise AssertionError("unreachable")
@@ -869,15 +878,14 @@ class SandboxManager(Generic[SettingsT]):
         if s.profile == "isolated":
             raise UsageError("the isolated profile has no warm pool: its network and proxies are each agent's own",
                              hint="pool the default or the locked profile")
-        base = gitops.resolve_commit(repo, "HEAD") if (repo.common_dir / "HEAD").exists() else "0" * 40
-        agent = agents.build(s.agent, s.model, None, None)
+        # (what a slot's container fixes at create time only: the agent, base and task come with the claim)
+        req0 = self._request("pool", agents.build(s.agent, s.model, None, None), s.model, None, repo,
+                             BRANCH_PREFIX + "pool", "0" * 40, image_id, None, uid, gid)
 
         def for_slot(found: pool.Slot) -> tuple[spec_.ContainerSpec, spec_.Workspace]:
             ws = spec_.Workspace(path=found.workspace, agent_git=found.agent_git,
                                  objects=repo.common_dir / "objects", state_dir=found.state_dir)
-            req = self._request(found.id, agent, s.model, None, repo, BRANCH_PREFIX + found.id, base, image_id,
-                                None, uid, gid)
-            return spec_.build(req, ws), ws
+            return spec_.build(replace(req0, name=found.id, branch=BRANCH_PREFIX + found.id), ws), ws
 
         probe = pool.Slot("", "probe", s.data_dir / "pool" / "probe")
         spec0, ws0 = for_slot(probe)

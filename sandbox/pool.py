@@ -118,7 +118,7 @@ def new_slot(data_dir: Path, key: str, uid: int, gid: int) -> Slot:
 def slots(data_dir: Path, key: str) -> list[Slot]:
     """The pool's slots, oldest first."""
     found = [Slot(key, d.name, d) for d in _dirs(pool_dir(data_dir, key))]
-    return sorted(found, key=lambda s: _mtime(s.dir))
+    return sorted(found, key=lambda s: mtime(s.dir))
 
 
 def claim(slot: Slot) -> bool:
@@ -205,7 +205,8 @@ def _dirs(path: Path) -> list[Path]:
     return [p for p in path.iterdir() if p.is_dir() and not p.is_symlink()]
 
 
-def _mtime(path: Path) -> float:
+def mtime(path: Path) -> float:
+    """``path``'s modification time (0: gone)."""
     try:
         return path.stat().st_mtime
     except OSError:

@@ -517,16 +517,15 @@ class Supervisor:
                     over_budget=None)
         target = C.tmux_target(self.session)
         cmd = agent_command(self.attempt, argv, task_file)
+        typed = launch.delivery == "type" and bool(launch.task) and session is None
         if self.attempt > 1 and tmux("has-session", "-t", f"={self.session}", check=False).exit_code == 0:
             tmux("respawn-pane", "-k", "-t", target, "-c", launch.workdir, "--", *cmd)
-            if not self.hooks and not (launch.delivery == "type" and launch.task and session is None):
-                self._report_started()
         else:
             tmux("-f", TMUX_CONF, "new-session", "-d", "-s", self.session, "-x", "140", "-y", "45",
                  "-c", launch.workdir, "--", *cmd)
-            if not self.hooks and not (launch.delivery == "type" and launch.task and session is None):
-                self._report_started()
-        if launch.delivery == "type" and launch.task and session is None:
+        if not self.hooks and not typed:  # (a typed task first: the loop reports it once typed)
+            self._report_started()
+        if typed:
             # From a file (tmux's command line holds 16 KiB), once the agent's terminal is set up.
             _replace(TYPED_FILE, typed_text(self.session, self.attempt, launch.task))
             # (not checked: an agent that ended at once has no pane to type into; the loop sees it end)
@@ -535,13 +534,12 @@ class Supervisor:
                  "send-keys", "-t", target, "Enter", check=False)
 
     def _report_started(self) -> None:
-        """A hook-less agent's first start: ``busy`` (its screen is being drawn) as soon as the pane's
+        """A hook-less agent just (re)started: ``busy`` (its screen is being drawn) as soon as the pane's
         wrapper has started it, without waiting for the loop's first look (a spawn waits on this)."""
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
             if _agent_running(self.attempt):
-                now = time.time()
-                write_state("busy", activity=now)
+                write_state("busy", activity=time.time())
                 return
             time.sleep(0.002)
 

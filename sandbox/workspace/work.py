@@ -501,6 +501,7 @@ def _gc_pool(mgr: SandboxManager) -> list[Action]:
 
     data = mgr.settings.data_dir
     containers = {c["Id"]: c for c in mgr.engine.list_containers([L.POOL])}
+    claimed = pool.claims(data)
     settled = time.time() - 60
     out: list[Action] = []
     for key in sorted(pool.records(data)):
@@ -510,7 +511,7 @@ def _gc_pool(mgr: SandboxManager) -> list[Action]:
             alive = c is not None and c.get("State") in ("running", "created", "restarting")
             claim_file = found.dir / "claim.json"
             if not found.claimed:
-                if alive or (not cid and _mtime(found.dir) > settled):
+                if alive or (not cid and pool.mtime(found.dir) > settled):
                     continue  # (healthy, or being made right now)
 
                 def drop_free(found: pool.Slot = found, cid: str = cid) -> str | None:
@@ -522,7 +523,7 @@ def _gc_pool(mgr: SandboxManager) -> list[Action]:
                     return None
                 out.append(Action("pool", found.id, "its container is gone or stopped", run=drop_free))
             elif not claim_file.exists():
-                if _mtime(found.dir / "claimed") > settled:
+                if pool.mtime(found.dir / "claimed") > settled:
                     continue  # (a spawn is claiming it)
 
                 def drop_cut(found: pool.Slot = found, cid: str = cid) -> str | None:
@@ -532,7 +533,7 @@ def _gc_pool(mgr: SandboxManager) -> list[Action]:
                     return None
                 out.append(Action("pool", found.id, "claimed by a spawn that was cut short", run=drop_cut))
             elif c is None:
-                labels = pool.claims(data).get(found.id) or {}
+                labels = claimed.get(found.id) or {}
                 if not labels.get(L.NAME) or not labels.get(L.GITDIR):
                     continue
                 repo = gitops.Repo(top=Path(labels.get(L.REPO, "")), common_dir=Path(labels[L.GITDIR]))
@@ -554,13 +555,6 @@ def _gc_pool(mgr: SandboxManager) -> list[Action]:
                 out.append(Action("workspace", str(found.workspace), f"agent {src.name}'s (warm pool) with no container"
                                   + (f", {at_risk.describe()} backed up first" if at_risk else ""), run=drop_claimed))
     return out
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
 
 
 def _gc_state(mgr: SandboxManager, actions: list[Action], every: list[Sandbox]) -> list[Action]:

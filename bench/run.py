@@ -92,10 +92,10 @@ done
 
 
 def sandbox_bin() -> list[str]:
-    """The installed `sandbox` command (``sandbox.cli:main``), run on this checkout's code (``PYTHONPATH``,
+    """The installed `sandbox` command (``sandbox.client:main``), run on this checkout's code (``PYTHONPATH``,
     see ``Bench.env``); ``python -m sandbox`` when the script is an older one (`pip install -e .` updates it)."""
     script = Path(sys.executable).parent / "sandbox"
-    if script.exists() and "sandbox.cli" in script.read_text(errors="replace"):
+    if script.exists() and "sandbox.client" in script.read_text(errors="replace"):
         return [str(script)]
     return [sys.executable, "-m", "sandbox"]
 
@@ -138,6 +138,7 @@ class Bench:
         self.results: dict[str, Any] = {}
         self.notes: list[str] = []
         self.uid = int(self.env.get("SANDBOX_AGENT_UID") or (os.getuid() or 61000))
+        self.only: list[str] | None = None  # --only: these steps
         self.pool_used = False  # `sandbox pool --size N` was asked for: cleanup empties it first
         self.pool_started = False  # ... and it answered
 
@@ -175,6 +176,7 @@ class Bench:
 
     def cleanup(self) -> None:
         self.pool_off()  # first: a pool left running would start containers behind the removal
+        self.cli("server", "stop", check=False)  # the command server of this run's data dir
         ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.run-id={self.run_id}"],
                              capture_output=True, text=True).stdout.split()
         for i in range(0, len(ids), 50):
@@ -225,7 +227,8 @@ class Bench:
 
     # -- the measurements ------------------------------------------------------------------------
     def startup(self) -> None:
-        print("startup: --version, --help vs python -c pass", flush=True)
+        print("startup: --version, --help vs python -c pass (through a warm server)", flush=True)
+        self.warm_server()
         py, ver, hlp = [], [], []
         for _ in range(self.reps + 2):
             py.append(self.run([sys.executable, "-c", "pass"])[0])
@@ -234,6 +237,35 @@ class Bench:
         self.record("python_c_pass_s", median(py))
         self.record("version_s", median(ver))
         self.record("help_s", median(hlp))
+
+    def warm_server(self, timeout: float = 60.0) -> None:
+        """Start the command server and wait until it has imported everything (bounded)."""
+        self.cli("--version")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if json.loads(self.cli("server", "status", "--json")[1].stdout or "{}").get("warm"):
+                return
+            time.sleep(0.2)
+        self.notes.append(f"the command server was not warm after {timeout:g} s")
+
+    def server(self) -> None:
+        """The command server: the first command of a session (`ls`, the server's start included) vs
+        today's cold command (the same `ls` in its own process: `SANDBOX_SERVER=0`), interleaved; then the
+        idle server's memory."""
+        print("the first command of a session (server start included) vs a command in its own process", flush=True)
+        first, cold = [], []
+        alone = {**self.env, "SANDBOX_SERVER": "0"}
+        for _ in range(self.reps):
+            self.cli("server", "stop")
+            first.append(self.cli("ls")[0])
+            cold.append(self.cli("ls", env=alone)[0])
+        self.record("first_command_s", median(first))
+        self.record("cold_command_s", median(cold))
+        self.warm_server()
+        warm = [self.cli("ls")[0] for _ in range(self.reps)]
+        self.record("warm_command_s", median(warm))
+        doc = json.loads(self.cli("server", "status", "--json")[1].stdout or "{}")
+        self.record("server_rss_mib", doc["rss_bytes"] / 2**20 if doc.get("rss_bytes") else None)
 
     def raw_claude(self) -> tuple[float, dict[str, float]]:
         """Claude Code on the scripted model by hand: `docker run -d` of the same image (sleeping, same uid,
@@ -626,7 +658,10 @@ class Bench:
     # -- the run ----------------------------------------------------------------------------------
     def main(self) -> None:
         self.setup()
+        if self.only is not None:
+            return self.main_only(self.only)
         self.startup()
+        self.server()
         self.claude_spawn()
         self.single_spawns()              # reps agents
         self.isolated_spawns()            # (removed again)
@@ -663,6 +698,32 @@ class Bench:
             self.record("load_average", os.getloadavg())
         self.results["ls_top"] = len(self.agents)
         self.ls(len(self.agents))
+
+
+    ONLY = ("startup", "server", "single", "warm", "ls", "send_logs")
+
+    def main_only(self, steps: list[str]) -> None:
+        """A few steps (`--only`): `ls` at `--max-agents` agents, `send_logs` on a spawned one."""
+        self.warm_server()
+        for step in steps:
+            if step == "startup":
+                self.startup()
+            elif step == "server":
+                self.server()
+            elif step == "single":
+                self.single_spawns()
+            elif step == "warm":
+                self.warm_spawns()
+            elif step == "ls":
+                self.fill(self.max_agents)
+                self.ls(self.max_agents)
+            elif step == "send_logs":
+                if not self.agents:
+                    self.spawn()
+                if not getattr(self, "raw_names", None):
+                    self.raw_names = [self.raw_spawn()[1]]
+                self.send_logs()
+                self.raw_rm(self.raw_names)
 
 
 class CountingProxy:
@@ -819,6 +880,28 @@ def table(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     row(f"spawn p95 while going to {r.get('ls_top', 100)} idle agents (vs a single spawn)", p95, r.get("spawn_s")
         if p95 is not None else None, "≤ 1.3× single spawn", le(ratio(p95, r.get("spawn_s")), 1.3))
 
+    # -- issue 21's targets (the command server), in its order --
+    for key, label in (("ls", "`sandbox ls --json`"), ("ls_table", "`sandbox ls` (table)")):
+        v, b = (r.get(f"{key}_{top}_s"), r.get(f"{key}_{top}_raw_s")) if top is not None else (None, None)
+        row(f"{label}, {top or 100} agents, through the server", v, b, "≤ 1.0× `docker ps` (stretch 0.5×)",
+            None if ratio(v, b) is None else "ok + stretch" if ratio(v, b) <= 0.5 else le(ratio(v, b), 1.0))
+    rt = ratio(r.get("send_logs_s"), r.get("send_logs_raw_s"))
+    row("`send` then `logs`, through the server", r.get("send_logs_s"), r.get("send_logs_raw_s"), "≤ 1.0×",
+        le(rt, 1.0))
+    row("spawn until ready, warm pool, through the server", r.get("warm_spawn_s"), None, "≤ 100 ms",
+        le(r.get("warm_spawn_s"), 0.100))
+    rt = ratio(r.get("spawn_s"), r.get("spawn_raw_s"))
+    row("spawn until ready, cold, through the server", r.get("spawn_s"), r.get("spawn_raw_s"), "≤ 1.0×", le(rt, 1.0))
+    v, py = r.get("version_s"), r.get("python_c_pass_s")
+    row("`sandbox --version`, through the server", v, py, "≤ 30 ms", None if v is None else
+        "ok" if v <= 0.030 else f"MISS (`python -c pass` alone: {ms(py)})" if py and py > 0.020 else "MISS")
+    row("first command of a session (`ls`, server start included) vs `ls` in its own process",
+        r.get("first_command_s"), r.get("cold_command_s"), "≤ 1.5×",
+        le(ratio(r.get("first_command_s"), r.get("cold_command_s")), 1.5))
+    row("`ls` through a warm server vs `ls` in its own process", r.get("warm_command_s"), r.get("cold_command_s"),
+        "—", None)
+    row("idle command server, memory (RSS)", r.get("server_rss_mib"), None, "reported", None, mib)
+
     # -- the other figures --
     for n in counts[:-1]:
         calls = r.get(f"ls_{n}_api_calls")
@@ -872,8 +955,20 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, at most 50 agents (~3 min)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json", help="JSON output")
     ap.add_argument("--max-agents", type=int, default=100, help="agents for the scale step (default 100)")
+    ap.add_argument("--only", help=f"only these steps, comma-separated ({', '.join(Bench.ONLY)}); the JSON is "
+                    "written to bench/results/only.json unless --json")
+    ap.add_argument("--reps", type=int, help="repetitions of each measurement (default 5, --quick 3)")
     args = ap.parse_args()
     bench = Bench(args.quick, args.max_agents)
+    if args.reps:
+        bench.reps = args.reps
+    if args.only:
+        bench.only = [s.strip() for s in args.only.split(",") if s.strip()]
+        unknown = set(bench.only) - set(Bench.ONLY)
+        if unknown:
+            ap.error(f"--only: unknown step(s) {', '.join(sorted(unknown))}")
+        if "--json" not in sys.argv:
+            args.json = ROOT / "bench" / "results" / "only.json"
     started = time.perf_counter()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -15,11 +15,11 @@ import errno
 import json
 import math
 import os
-import re
 import stat
 from typing import Any, NamedTuple
 
-from sandbox.contract import S
+from sandbox import terminal
+from sandbox.contract import STATE_FILE, STATE_TYPES
 
 STATE_CAP = 256 * 1024   # state.json: a few hundred bytes in practice
 REPLY_CAP = 1024 * 1024  # reply.txt: one turn's assistant text
@@ -110,10 +110,11 @@ def _size(n: int) -> str:
 
 
 # -- state.json --------------------------------------------------------------------------------------
-# Fields the host computes with, and the type each must have; a value of another type is dropped
-# (an agent's state file must not be able to crash `ls`).
-_INTS = (S.ATTEMPT, S.EXIT_CODE, S.FAILURES, S.STOPS, S.PROMPTS)
-_TIMES = (S.TS, S.SINCE, S.ACTIVITY)
+# Fields the host computes with, and the type each must have (``contract.STATE_TYPES``); a value of
+# another type is dropped (an agent's state file must not be able to crash `ls`).
+_INTS = tuple(k for k, kind in STATE_TYPES.items() if kind == "int")
+_TIMES = tuple(k for k, kind in STATE_TYPES.items() if kind == "time")
+_LINES = tuple(k for k, kind in STATE_TYPES.items() if kind == "line")
 
 
 def parse_state(data: bytes, what: str = "state file") -> tuple[dict[str, Any] | None, str]:
@@ -134,25 +135,22 @@ def parse_state(data: bytes, what: str = "state file") -> tuple[dict[str, Any] |
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                               or not math.isfinite(v) or not 0 <= v < 1e11):
             del state[key]
-    for key in (S.STATE, S.REASON):  # printed by `ls`: one bounded line, no terminal escapes
+    for key in _LINES:  # printed by `ls`: one bounded line, no terminal escapes
         v = state.get(key)
         if v is not None:
             if not isinstance(v, str):
                 del state[key]
             else:
-                v = _CONTROL.sub("?", v)
+                v = terminal.one_line(v)
                 state[key] = v[:REASON_MAX] + "…" if len(v) > REASON_MAX else v
     return state, ""
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def read_state(directory: str | os.PathLike[str], name: str = "state.json") -> tuple[dict[str, Any] | None, str]:
+def read_state(directory: str | os.PathLike[str], name: str = STATE_FILE) -> tuple[dict[str, Any] | None, str]:
     """The agent's state from ``directory/name``: (state, "") or (None, reason); reason ``ABSENT``
     when there is no file (yet)."""
     got = read(directory, name, STATE_CAP, "state file")
@@ -165,4 +163,4 @@ def exec_argv(path: str, cap: int, seconds: int = 5) -> list[str]:
     """The argv that reads ``path`` inside the container (remote engines): at most ``cap`` + 1 bytes,
     killed after ``seconds`` (a FIFO would block ``cat`` forever). It runs in the container as the
     agent: it sees only what the agent sees, never the host's files."""
-    return ["timeout", "-s", "KILL", str(seconds), "head", "-c", str(cap + 1), "--", path]
+    return ["/usr/bin/timeout", "-s", "KILL", str(seconds), "/usr/bin/head", "-c", str(cap + 1), "--", path]

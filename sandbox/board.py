@@ -13,7 +13,8 @@ A ``Board`` holds a snapshot of every agent (of one repository, or all) and keep
 - **the engine's stats**, every ``stats_every`` seconds (10), one one-shot request per running agent, side by
   side and bounded (``Engine.stats_many``); CPU % between two consecutive samples;
 - **the host's refs** for the diffstat (``git diff --shortstat base..sandbox/NAME``, computed again only
-  when the branch moved; ``SandboxManager.list`` brings changed work over first).
+  when the branch moved; ``SandboxManager.list`` brings changed work over first) and the files each agent
+  committed, whose overlaps between agents of one repository mark them (``Row.overlaps``).
 
 Two threads do this (the poller, the event watcher) and one for stats; ``rows()`` gives the current
 rows, ``version`` grows whenever one changed. ``counts`` says how many engine calls each kind made
@@ -43,6 +44,7 @@ class Row:
     stats: U.Stats | None
     diffstat: str
     cost: U.Cost | None
+    overlaps: tuple[str, ...] = ()  # the other agents of its repository whose committed files meet its own
 
     @property
     def name(self) -> str:
@@ -53,8 +55,18 @@ def _sort_key(row: Row) -> tuple[int, str, str]:
     return ORDER.get(row.sb.state, 4), row.sb.labels.get(L.CREATED, ""), row.sb.name
 
 
+def overlaps(name: str, files: dict[str, tuple[str, str, frozenset[str]]]) -> tuple[str, ...]:
+    """The agents of ``name``'s repository whose committed files (base..branch, the host's refs) meet
+    its own: ``sandbox conflicts`` says which files and whether the merge is clean."""
+    if name not in files:
+        return ()
+    repo, _, mine = files[name]
+    return tuple(sorted(other for other, (their_repo, _, theirs) in files.items()
+                        if other != name and their_repo == repo and mine & theirs))
+
+
 class Board:
-    def __init__(self, mgr: SandboxManager[Any], repo: Path | None, *, state_every: float = 0.5,
+    def __init__(self, mgr: SandboxManager, repo: Path | None, *, state_every: float = 0.5,
                  list_min: float = 1.0, relist_every: float = 60.0, stats_every: float = 10.0,
                  exec_every: float = 5.0, events: bool = True) -> None:
         self.mgr = mgr
@@ -73,6 +85,7 @@ class Board:
         self._samples: dict[str, U.Sample] = {}
         self._stats: dict[str, U.Stats] = {}
         self._diffstat: dict[str, tuple[str, str]] = {}   # name -> (head, text)
+        self._files: dict[str, tuple[str, str, frozenset[str]]] = {}  # name -> (repo, head, files since base)
         self._stale = threading.Event()
         self._stop = threading.Event()
         self._listed_at = float("-inf")
@@ -111,8 +124,9 @@ class Board:
             agents = list(self._agents.values())
             stats = dict(self._stats)
             diffs = {k: v[1] for k, v in self._diffstat.items()}
+            files = dict(self._files)
         rows = [Row(sb, stats.get(sb.container_id) if sb.engine_state == "running" else None,
-                    diffs.get(sb.name, ""), sb.cost(self.prices)) for sb in agents]
+                    diffs.get(sb.name, ""), sb.cost(self.prices), overlaps(sb.name, files)) for sb in agents]
         if text_filter:
             needle = text_filter.lower()
             rows = [r for r in rows if needle in " ".join((r.sb.name, r.sb.state, r.sb.branch,
@@ -208,6 +222,7 @@ class Board:
         return replace(sb, agent_state=state) if state else sb
 
     def _diffstats(self, found: list[Sandbox]) -> None:
+        from sandbox.workspace import conflicts
         from sandbox.workspace import git as gitops
         from sandbox.workspace import work
 
@@ -229,8 +244,10 @@ class Board:
             if self._diffstat.get(sb.name, ("", ""))[0] == head:
                 continue
             text = work.shortstat(repo, base, head)
+            changed = frozenset(conflicts.changed_files(repo, base, head))
             with self._lock:
                 self._diffstat[sb.name] = (head, text)
+                self._files[sb.name] = (sb.repo, head, changed)
                 self._bump()
 
     def _poll_loop(self) -> None:

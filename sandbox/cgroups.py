@@ -10,6 +10,8 @@ They count since the container's last start (the cgroup is made anew on each sta
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +62,42 @@ def pressure(container_id: str, root: Path = ROOT) -> Pressure | None:
             return Pressure(_counter(v1_memory, "oom_kill") or 0,
                             _counter(root / "pids" / d / "pids.events", "max") or 0)
     return None
+
+
+def processes(container_id: str, root: Path = ROOT) -> list[int] | None:
+    """The host's pids of the container's processes (its cgroup's ``cgroup.procs``), or None when
+    its cgroup is not visible here."""
+    if not container_id.isalnum():
+        return None
+    for d in _dirs(container_id):
+        for procs in (root / d / "cgroup.procs", root / "pids" / d / "cgroup.procs"):  # v2, v1
+            try:
+                return [int(p) for p in procs.read_text().split() if p.isdigit()]
+            except OSError:
+                continue
+    return None
+
+
+ENVIRON_CAP = 1 << 20
+
+
+def kill_marked(container_id: str, marker: str, root: Path = ROOT, proc: Path = Path("/proc")) -> int:
+    """SIGKILL every process of the container whose environment holds ``marker`` (``NAME=VALUE``, set
+    on an exec by the host): an exec whose client was killed, and what it started, which the engine
+    leaves running (a stopped process too: SIGKILL needs no cooperation). How many; 0 when the
+    container's processes are not visible here (a remote engine) or may not be read."""
+    needle = b"\0" + marker.encode() + b"\0"
+    killed = 0
+    for pid in processes(container_id, root) or []:
+        try:
+            with open(proc / str(pid) / "environ", "rb") as f:
+                environ = b"\0" + f.read(ENVIRON_CAP)
+        except OSError:
+            continue
+        if needle in environ + b"\0":
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed

@@ -2,17 +2,18 @@
 
     SandboxError                  exit 1   anything we expected and can explain in one line
     ├── UsageError                exit 2   bad input: invalid name, unknown agent, bad option value
-    ├── RepoError                 exit 3   not a git repository, no commits, worktree path exists
+    ├── RepoError                 exit 3   not a git repository, no commits, workspace path exists
     ├── NotFound                  exit 4   no such agent / image
     │   └── ImageMissing          exit 4   the agent image is not built
     ├── Conflict                  exit 5   name taken, capacity full, refusing to lose work
     ├── EngineError               exit 6   the Docker engine refused or failed
     │   └── EngineUnavailable     exit 7   the Docker engine cannot be reached
     ├── AgentError                exit 8   the agent did not start / failed / exited while waited for
-    │   └── WaitTimeout           exit 9   `wait`, `send --wait`, `spawn --queue` ran out of time
+    │   ├── WaitTimeout           exit 9   `wait`, `send --wait`, `spawn --queue` ran out of time
+    │   └── SyncError             exit 8   the agent's work cannot be taken: too big, not a commit, timed out
     └── GitError                  exit 3   a git command failed (argv and stderr attached)
 
-Engine answers (either lane: plain HTTP or docker-py) are translated in ``sandbox.engine.engine_error``
+Engine answers (docker-py's) are translated in ``sandbox.engine.engine_error``
 only; git errors in ``sandbox.workspace.git`` only. The CLI prints ``str(err)`` as one line and exits with ``err.exit_code``.
 """
 
@@ -78,3 +79,13 @@ class AgentError(SandboxError):
 
 class WaitTimeout(AgentError):
     exit_code = 9
+
+
+class SyncError(AgentError):
+    """The host refused what an agent's export sent (over a size limit, a ref that is not a commit) or
+    the export did not finish in time; the host's refs keep what they had. ``setting`` names the limit
+    that refused it, if one did."""
+
+    def __init__(self, message: str, *, setting: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.setting = setting

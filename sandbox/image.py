@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -29,13 +30,14 @@ import time
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import sandbox
 from sandbox.config import Settings
 from sandbox.engine import Engine
-from sandbox.errors import ImageMissing, SandboxError
+from sandbox.errors import ImageMissing, SandboxError, UsageError
 
 OnLine = Callable[[str], None] | None
 
@@ -46,8 +48,9 @@ PROXY_IMAGE = "sandbox-proxy:bookworm"  # = sandbox.proxy.IMAGE
 DOCKERFILE = REPO_ROOT / "Dockerfile.agent"
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules that run inside the container: standard library only (see AGENTS.md).
-INSIDE_MODULES = ("__init__.py", "contract.py", "inside/__init__.py", "inside/__main__.py", "inside/export.py",
-                  "inside/facts.py", "inside/mockmodel.py", "inside/headless.py",
+INSIDE_MODULES = ("__init__.py", "contract.py", "inside/__init__.py", "inside/__main__.py", "inside/supervisor.py",
+                  "inside/home.py", "inside/hooks.py", "inside/export.py", "inside/probe.py", "inside/mockmodel.py",
+                  "inside/headless.py",
                   "agents.py", "errors.py", "usage.py")  # (agents, errors: the presets, for headless mode;
                                                           #  usage: the hooks total the tokens)
 
@@ -437,3 +440,262 @@ def _short(image_id: str) -> str:
 
 def _elapsed(started: float) -> str:
     return f"{time.monotonic() - started:.1f} s"
+
+
+# -- a repository's toolchain (README "Toolchain") -----------------------------------------------
+DEVCONTAINER = Path(".devcontainer") / "devcontainer.json"
+TOOLCHAIN_PREFIX = "sandbox-agent-"     # sandbox-agent-<repo>:<digest>: the agent layer on the repository's base
+BUILT_BASE_PREFIX = "sandbox-toolchain-"  # sandbox-toolchain-<repo>:latest: what its Dockerfile built
+LABEL_TOOLCHAIN = "sandbox.toolchain.inputs"  # on a built base: the digest of its Dockerfile, context and args
+# What the agent layer needs of a base (Dockerfile.agent's first step): these, or apt-get to install them.
+AGENT_TOOLS = ("tmux", "git", "tini", "python3", "less", "ps", "update-ca-certificates")
+USER_TOOLS = ("getent", "groupadd", "useradd")
+# Claude Code is linked against glibc: its loader, by architecture.
+_GLIBC_LOADERS = {"x86_64": "/lib64/ld-linux-x86-64.so.2", "amd64": "/lib64/ld-linux-x86-64.so.2",
+                  "aarch64": "/lib/ld-linux-aarch64.so.1", "arm64": "/lib/ld-linux-aarch64.so.1"}
+MAX_DEVCONTAINER_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Toolchain:
+    """Where a repository's agent image comes from: an image on the engine (``base``) or a Dockerfile
+    built first (``dockerfile`` in ``context`` with ``args``); ``why`` says which file chose it."""
+
+    top: Path
+    why: str
+    base: str | None = None
+    dockerfile: Path | None = None
+    context: Path | None = None
+    args: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The repository's part of the image names: its directory's name and a digest of its path."""
+        stem = re.sub(r"[^a-z0-9._-]+", "-", self.top.name.lower()).strip("._-")[:40] or "repo"
+        return f"{stem}-{hashlib.sha256(str(self.top).encode()).hexdigest()[:8]}"
+
+    @property
+    def built_base(self) -> str:
+        return f"{BUILT_BASE_PREFIX}{self.name}:latest"
+
+
+def toolchain_of(settings: Settings, top: Path | None) -> Toolchain | None:
+    """The repository's toolchain, or None (the default agent image ``settings.image``).
+
+    ``[toolchain] base`` or ``dockerfile`` (a trust key of ``.sandbox.toml``); an empty ``[toolchain]``
+    table: ``.devcontainer/devcontainer.json``'s ``image`` or ``build.dockerfile``. A devcontainer.json
+    alone chooses nothing: the repository's files name an image only through approved content."""
+    tc = settings.toolchain
+    if tc is None or top is None:
+        return None
+    where = f"{top / '.sandbox.toml'} [toolchain]"
+    if tc.base is not None:
+        return Toolchain(top, f"{where} base = {tc.base!r}", base=tc.base)
+    if tc.dockerfile is not None:
+        path = top / tc.dockerfile
+        return Toolchain(top, f"{where} dockerfile = {tc.dockerfile!r}", dockerfile=path, context=path.parent)
+    return _devcontainer(top)
+
+
+def _devcontainer(top: Path) -> Toolchain:
+    path = top / DEVCONTAINER
+    doc = _read_jsonc(path)
+    build = doc.get("build") if isinstance(doc.get("build"), dict) else {}
+    dockerfile = build.get("dockerfile", doc.get("dockerFile"))
+    image = doc.get("image")
+    if isinstance(image, str) and image.strip() and dockerfile is None:
+        return Toolchain(top, f"{path} image = {image.strip()!r}", base=image.strip())
+    if isinstance(dockerfile, str) and dockerfile.strip():
+        context = build.get("context", doc.get("context", "."))
+        args = build.get("args") or {}
+        if not isinstance(context, str) or not isinstance(args, dict):
+            raise UsageError(f"{path}: build.context must be a path and build.args a table of strings")
+        here = path.parent
+        file, ctx = (here / dockerfile.strip()).resolve(), (here / context).resolve()
+        for p in (file, ctx):
+            if not p.is_relative_to(top.resolve()):
+                raise UsageError(f"{path}: {p} is outside the repository")
+        return Toolchain(top, f"{path} build.dockerfile = {dockerfile.strip()!r}", dockerfile=file, context=ctx,
+                         args=tuple(sorted((str(k), str(v)) for k, v in args.items())))
+    raise UsageError(f"[toolchain] names no base or dockerfile, and {path} names no image or build.dockerfile",
+                     hint='set [toolchain] base = "IMAGE" or dockerfile = "PATH" in .sandbox.toml')
+
+
+def _read_jsonc(path: Path) -> dict[str, Any]:
+    """devcontainer.json (JSON with comments and trailing commas), read with no link followed, capped."""
+    import json
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(MAX_DEVCONTAINER_BYTES + 1)
+    except FileNotFoundError:
+        raise UsageError(f"[toolchain] names no base or dockerfile, and there is no {path}",
+                         hint='set [toolchain] base = "IMAGE" or dockerfile = "PATH" in .sandbox.toml') from None
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_DEVCONTAINER_BYTES:
+        raise UsageError(f"cannot read {path}: over {MAX_DEVCONTAINER_BYTES} bytes")
+    try:
+        doc = json.loads(_strip_jsonc(data.decode("utf-8")))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise UsageError(f"cannot read {path}: {e}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"cannot read {path}: not a JSON object")
+    return doc
+
+
+def _strip_jsonc(text: str) -> str:
+    """JSONC -> JSON: ``//`` and ``/* */`` comments outside strings dropped, trailing commas removed."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i:j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i) if "\n" in text[i:] else n
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            out.append(c)
+            i += 1
+    return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
+
+
+def _dockerfile_digest(tc: Toolchain) -> str:
+    assert tc.dockerfile is not None and tc.context is not None
+    try:
+        data = tc.dockerfile.read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read the toolchain's Dockerfile {tc.dockerfile}: {e.strerror}") from None
+    h = hashlib.sha256(data + b"\0" + str(tc.context).encode() + b"\0" + repr(tc.args).encode())
+    return "sha256:" + h.hexdigest()
+
+
+def _base_of(engine: Engine, tc: Toolchain, *, build: bool, force: bool, emit: Callable[[str], None]) -> tuple[str, str | None]:
+    """(the base's ref, its id or None when it is missing or stale); ``build``: a Dockerfile is built when
+    its inputs changed (``force``: always — the engine's layer cache keeps it quick)."""
+    if tc.base is not None:
+        return tc.base, engine.image_id(tc.base)
+    ref, digest = tc.built_base, _dockerfile_digest(tc)
+    have = engine.image_id(ref)
+    if have is not None and not force and engine.image_labels(ref).get(LABEL_TOOLCHAIN) == digest:
+        return ref, have
+    if not build:
+        return ref, None
+    assert tc.dockerfile is not None and tc.context is not None
+    emit(f"building the toolchain's base {ref} from {tc.dockerfile}")
+    inside = tc.dockerfile.is_relative_to(tc.context)
+    image_id = engine.build_image(str(tc.context), str(tc.dockerfile.relative_to(tc.context) if inside else tc.dockerfile),
+                                  ref, buildargs=dict(tc.args), labels={LABEL_TOOLCHAIN: digest}, on_line=emit)
+    return ref, image_id
+
+
+def check_base(engine: Engine, ref: str) -> None:
+    """The agent layer's needs of a base, checked in a throwaway container of it (no network): a shell,
+    glibc (Claude Code's loader), the user tools, and the agent tools or apt-get to install them.
+    One ``UsageError`` naming what is missing."""
+    loader = _GLIBC_LOADERS.get(platform.machine().lower(), "/lib64/ld-linux-x86-64.so.2")
+    script = ("for t in " + " ".join(AGENT_TOOLS + USER_TOOLS + ("apt-get",)) + "; do "
+              "command -v $t >/dev/null 2>&1 || echo \"missing $t\"; done; "
+              f"[ -e {loader} ] || echo 'missing glibc'")
+    res = engine.run_tool(ref, "0:0", [], ["/bin/sh", "-c", script], {}, timeout=60)
+    what = f"the toolchain's base image {ref}"
+    need = "the agent layer needs a Debian- or Ubuntu-like base (glibc, apt)"
+    if res.exit_code != 0:
+        detail = res.stderr.decode(errors="replace").strip().splitlines()
+        raise UsageError(f"{what} cannot run /bin/sh ({(detail or ['exit ' + str(res.exit_code)])[-1][:200]}): {need}")
+    missing = [line.split(" ", 1)[1] for line in res.stdout.decode(errors="replace").splitlines()
+               if line.startswith("missing ")]
+    if "glibc" in missing:
+        raise UsageError(f"{what} has no glibc ({loader} is missing; musl, as on Alpine?): Claude Code needs glibc; {need}")
+    users = [t for t in USER_TOOLS if t in missing]
+    tools = [t for t in AGENT_TOOLS if t in missing]
+    if users:
+        raise UsageError(f"{what} has no {', '.join(users)} (the agent user is made with them): {need}")
+    if tools and "apt-get" in missing:
+        raise UsageError(f"{what} lacks {', '.join(tools)} and has no apt-get to install them: {need}")
+
+
+def require_base(engine: Engine, tc: Toolchain) -> None:
+    """A toolchain's base image must be on the engine (never pulled): else one ``UsageError`` line."""
+    if tc.base is not None and engine.image_id(tc.base) is None:
+        raise UsageError(f"the toolchain's base image {tc.base} is not on the engine, and sandbox never pulls images",
+                         hint=f"`docker pull {tc.base}` or `docker load` it first ({tc.why})")
+
+
+def toolchain_image(engine: Engine, settings: Settings, tc: Toolchain, *, build: bool = True, force: bool = False,
+                    on_line: OnLine = None) -> tuple[str, str]:
+    """(the ref, the id) of the repository's agent image ``sandbox-agent-<repo>:<digest>``: the agent layer
+    (``Dockerfile.agent``) on the toolchain's base, cached by its inputs like the default image. A missing
+    base is a ``UsageError`` (never pulled); ``build=False`` refuses a missing or stale one instead."""
+    emit = _emitter(on_line)
+    if not DOCKERFILE.is_file():
+        raise ImageBuildError(f"{DOCKERFILE} is missing: the agent image is built from a source checkout of sandbox")
+    require_base(engine, tc)
+    found = _toolchain_ref(engine, settings, tc, build=False, force=force, emit=emit)
+    if found[1] is not None:
+        return found[0], found[1]
+    if not build:
+        raise ImageMissing(f"the toolchain image of {tc.top} is not built from today's inputs ({tc.why})",
+                           hint="run `sandbox image build` in the repository")
+    settings.cache_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(settings.cache_dir / "build.lock", emit, "another image build is running"):
+        ref, existing, base_ref, digest, files = _toolchain_ref(engine, settings, tc, build=True, force=force, emit=emit)
+        if existing is not None:
+            return ref, existing
+        check_base(engine, base_ref)
+        started = time.monotonic()
+        emit(f"building {ref}: the agent layer on {base_ref} ({tc.why})")
+        claude = claude_binary(settings, on_line)
+        context = _make_context(settings.cache_dir / "context", claude, files)
+        try:
+            image_id = engine.build_image(
+                str(context), DOCKERFILE.name, ref,
+                buildargs={"BASE": base_ref, "SANDBOX_VERSION": sandbox.__version__,
+                           "CLAUDE_VERSION": settings.claude_sdk_version, "INPUTS_DIGEST": digest},
+                on_line=on_line)
+        finally:
+            shutil.rmtree(context, ignore_errors=True)
+        emit(f"built {ref} ({_short(image_id)}, {_elapsed(started)})")
+        for old in engine.image_tags(ref.rpartition(":")[0]):  # the repository's earlier builds: none is used again
+            if old != ref and engine.remove_image(old):
+                emit(f"removed {old} (built from earlier inputs)")
+        return ref, image_id
+
+
+def _toolchain_ref(engine: Engine, settings: Settings, tc: Toolchain, *, build: bool, force: bool,
+                   emit: Callable[[str], None]) -> tuple[str, str | None, str, str, dict[str, bytes]]:
+    """(the agent image's ref, its id when it is built from today's inputs, the base's ref, the digest, the
+    context's files); the base's Dockerfile is built first when ``build``."""
+    base_ref, base_id = _base_of(engine, tc, build=build, force=force, emit=emit)
+    if base_id is None:
+        return "", None, base_ref, "", {}
+    files = _context_files()
+    digest = inputs_digest(files, settings.claude_sdk_version, base_id)
+    ref = f"{TOOLCHAIN_PREFIX}{tc.name}:{digest.removeprefix('sha256:')[:12]}"
+    existing = engine.image_id(ref)
+    if existing is None or force or engine.image_labels(ref).get(LABEL_INPUTS) != digest:
+        existing = None
+    return ref, existing, base_ref, digest, files
+
+
+def toolchain_status(engine: Engine, settings: Settings, top: Path | None) -> dict[str, Any]:
+    """Which image a repository's agents get, and why (``sandbox image status``)."""
+    tc = toolchain_of(settings, top)
+    if tc is None:
+        why = "no [toolchain] in its trusted .sandbox.toml" if top is not None else "not in a git repository"
+        return {"repository": str(top) if top else None, "image": settings.image, "why": f"the default agent image: {why}"}
+    out: dict[str, Any] = {"repository": str(top), "why": tc.why, "base": tc.base or tc.built_base}
+    if tc.base is not None and engine.image_id(tc.base) is None:
+        return {**out, "image": None, "exists": False, "reason": f"its base {tc.base} is not on the engine (never pulled)"}
+    try:
+        ref, image_id = toolchain_image(engine, settings, tc, build=False)
+    except ImageMissing as e:
+        return {**out, "image": None, "exists": False, "reason": str(e)}
+    return {**out, "image": ref, "id": image_id, "exists": True, "reason": "up to date"}

@@ -1,6 +1,6 @@
 """The isolated profile at run time: an agent's own network and proxies, made, found and removed.
 
-``sandbox.spec.isolated_profile`` says what an isolated agent needs (``ContainerSpec.isolation``);
+``sandbox.spawn.spec.isolated_profile`` says what an isolated agent needs (``ContainerSpec.isolation``);
 this module makes it through the engine before the agent's container exists (``make``, each step
 undone on failure), finds it again by label (``sandbox.proxy-of=NAME``, ``sandbox.proxy-role``;
 never ``sandbox.managed``: these are not agents), removes it with its agent (``drop``), and reads
@@ -17,16 +17,21 @@ from sandbox import labels as L
 from sandbox.errors import ImageMissing
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from sandbox.engine import Engine
     from sandbox.proxy import NetRecord
-    from sandbox.spec import ContainerSpec
+    from sandbox.spawn.spec import ContainerSpec
 
 
-def make(engine: Engine, container: ContainerSpec, default_network: str, undo: ExitStack) -> str:
+def make(engine: Engine, container: ContainerSpec, default_network: str, undo: ExitStack,
+         lock_dir: Path | None = None) -> str:
     """The agent's internal network and its proxies, started (side by side), before the agent; the
     network's id. The real key goes only into the model proxy, as a file copied in before it starts.
-    ``default_network`` (the default profile's bridge) is made on demand when the proxies go out by it."""
-    from sandbox import proxy, spec
+    ``default_network`` (the default profile's bridge) is made on demand when the proxies go out by it
+    (under ``lock_dir``'s lock, as a default spawn makes it: ``Engine.ensure_network``)."""
+    from sandbox import proxy
+    from sandbox.spawn import spec
 
     iso = container.isolation
     assert iso is not None
@@ -36,7 +41,7 @@ def make(engine: Engine, container: ContainerSpec, default_network: str, undo: E
                            hint="run `sandbox image build --proxy`")
     outside = iso.egress_network
     if outside == default_network:
-        outside = engine.ensure_network(outside, {L.MANAGED: "1"})
+        outside = engine.ensure_network(outside, {L.MANAGED: "1"}, lock_dir=lock_dir)
     network_id, subnet = engine.create_internal_network(iso.network, {**iso.labels, L.PROXY_ROLE: "network"})
     undo.callback(engine.remove_network, network_id)
     wanted = [("egress", proxy.egress_proxy(iso.allow, clients=[subnet]), spec.EGRESS_PROXY_HOST)]

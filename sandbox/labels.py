@@ -18,15 +18,18 @@ REPO = PREFIX + "repo"            # the main checkout's top-level directory
 GITDIR = PREFIX + "gitdir"        # the repository's common git dir
 BRANCH = PREFIX + "branch"
 BASE = PREFIX + "base"            # the base commit (full sha)
-WORKTREE = PREFIX + "worktree"    # the agent's workspace (its working files) on the host
+WORKSPACE = PREFIX + "worktree"   # the agent's workspace (its working files) on the host (the label keeps
+                                  # its first name: existing containers are found by it)
 AGENT_GIT = PREFIX + "agent-git"  # the agent's own git dir on the host (never run git in it)
+OBJECTS = PREFIX + "objects"      # "shared": it borrows the host's object store; "reachable": a pack of its own
 IMAGE = PREFIX + "image"
 PROFILE = PREFIX + "profile"
 CREATED = PREFIX + "created"      # ISO 8601, UTC
 VERSION = PREFIX + "version"      # the CLI version that created it
 TASK = PREFIX + "task"            # a short summary of the task
 SESSION = PREFIX + "session"      # the tmux session name inside the container
-UID = PREFIX + "uid"
+UID = PREFIX + "uid"              # the agent's uid (the container's own user is root: its supervisor)
+GID = PREFIX + "gid"              # the agent's gid (absent on older containers: the uid's number)
 STATE_DIR = PREFIX + "state-dir"  # host directory mounted at /run/sandbox-state
 READER = PREFIX + "reader"        # on a throwaway container reading an agent's work (value: the agent)
 RUN_ID = PREFIX + "run-id"        # optional: stamps everything a test run creates
@@ -34,6 +37,7 @@ RETRIES = PREFIX + "retries"      # restarts allowed after a non-zero exit (supe
 MAX_TIME = PREFIX + "max-time"    # wall-clock limit in seconds ("" = none)
 IDLE_TIMEOUT = PREFIX + "idle-timeout"  # idle limit in seconds ("" = none)
 MAX_COST = PREFIX + "max-cost"    # budget in USD ("" = none): stopped, work kept, when the estimate passes it
+DISK = PREFIX + "disk"            # bytes its workspace + git + state dir may use ("" = none): watched by the host
 ALLOW = PREFIX + "allow"          # isolated profile: the egress allowlist, comma-separated
 # On an isolated agent's proxies and internal network (never sandbox.managed: they are not agents)
 PROXY_OF = PREFIX + "proxy-of"    # the agent's name
@@ -48,6 +52,10 @@ SWARM_NODE = "com.docker.swarm.node.id"
 MODE = PREFIX + "mode"            # "headless": the image alone (no host workspace; work in the pushed branch)
 REMOTE = PREFIX + "remote"        # headless: the repository it clones and pushes to (no credentials)
 HEADLESS = "headless"
+# On a plan's agents (`sandbox run plan.toml`, sandbox/plan.py): which plan, which task, which try
+PLAN = PREFIX + "plan"                  # the plan's name
+PLAN_TASK = PREFIX + "plan-task"        # the task's name in the plan
+PLAN_ATTEMPT = PREFIX + "plan-attempt"  # 1, 2, …: a failed task is spawned again under a new name
 
 # Set by Compose on the containers it starts: a headless replica's name is PROJECT-SERVICE-NUMBER
 # (what Compose v2 names the container; v1 says PROJECT_SERVICE_NUMBER): the same label set on every

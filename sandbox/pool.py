@@ -106,11 +106,11 @@ def new_slot(data_dir: Path, key: str, uid: int, gid: int) -> Slot:
     sid = os.urandom(5).hex()
     slot = Slot(key, sid, d / sid)
     slot.dir.mkdir()
-    for sub in (slot.workspace, slot.agent_git, slot.state_dir):
+    for sub in (slot.workspace, slot.agent_git, slot.state_dir, slot.state_dir / contract.AGENT_STATE):
         sub.mkdir()
     (slot.workspace / ".git").write_text(contract.GITFILE)
-    if os.getuid() == 0:
-        for path in (slot.workspace, slot.workspace / ".git", slot.agent_git, slot.state_dir):
+    if os.getuid() == 0:  # (the state dir's top stays the supervisor's: see spawn.trees.make_state_dir)
+        for path in (slot.workspace, slot.workspace / ".git", slot.agent_git, slot.state_dir / contract.AGENT_STATE):
             os.chown(path, uid, gid)
     return slot
 

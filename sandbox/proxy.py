@@ -231,6 +231,9 @@ def _networks(clients: Sequence[str]) -> list[str]:
 NGINX_CONF = f"{CONF_DIR}/nginx.conf"
 CREDENTIAL_CONF = f"{CONF_DIR}/credential.conf"  # the only file with the key
 NGINX_ARGV = ("nginx", "-c", NGINX_CONF, "-e", "stderr")  # after the image's ENTRYPOINT (tini --)
+# What the model proxy passes, with the key (README "Profiles"): what Claude Code was seen to ask of the
+# model API (the Messages API, `?beta=true` in the query) and its token count; every other path is 403.
+MODEL_PATHS: tuple[tuple[str, str], ...] = (("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"))
 
 
 def nginx_conf(upstream: Upstream, *, clients: Sequence[str], port: int = MODEL_PORT,
@@ -249,7 +252,7 @@ def nginx_conf(upstream: Upstream, *, clients: Sequence[str], port: int = MODEL_
         "events { worker_connections 512; }",
         "http {",
         f"    log_format sandbox '{MODELLOG_TAG} $msec $remote_addr $request_method $status "
-        "$request_length $bytes_sent';",
+        "$request_length $bytes_sent $request_uri';",
         "    access_log /dev/stdout sandbox;",
         "    server_tokens off;",
         "    client_body_temp_path /tmp/nginx-body;",
@@ -267,28 +270,43 @@ def nginx_conf(upstream: Upstream, *, clients: Sequence[str], port: int = MODEL_
         *[f"        allow {n};" for n in nets],
         "        deny all;",
         f'        set $sandbox_upstream "{upstream.url}";',
-        "        location / {",
-        "            proxy_pass $sandbox_upstream;",
-        "            proxy_http_version 1.1;",
-        '            proxy_set_header Connection "";',
-        f'            proxy_set_header Host "{upstream.host_header}";',
-        f"            include {CREDENTIAL_CONF};",
-        "            proxy_buffering off;",  # server-sent events: each token as it comes
-        "            proxy_request_buffering off;",
-        "            proxy_read_timeout 900s;",
-        "            proxy_send_timeout 900s;",
-        "            proxy_redirect off;",
     ]
-    if tls:
+    for method, path in MODEL_PATHS:
+        # An exact match of the normalised path; what goes upstream is that very path (and the
+        # client's query), never the client's spelling of it.
         lines += [
-            "            proxy_ssl_server_name on;",
-            f'            proxy_ssl_name "{upstream.host}";',
-            "            proxy_ssl_verify on;",
-            f"            proxy_ssl_trusted_certificate {CA_BUNDLE};",
-            "            proxy_ssl_verify_depth 4;",
-            "            proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+            f"        location = {path} {{",
+            f"            limit_except {method} {{ deny all; }}",
+            f"            proxy_pass $sandbox_upstream{path}$is_args$args;",
+            "            proxy_http_version 1.1;",
+            '            proxy_set_header Connection "";',
+            f'            proxy_set_header Host "{upstream.host_header}";',
+            f"            include {CREDENTIAL_CONF};",
+            "            proxy_buffering off;",  # server-sent events: each token as it comes
+            "            proxy_request_buffering off;",
+            "            proxy_read_timeout 900s;",
+            "            proxy_send_timeout 900s;",
+            "            proxy_redirect off;",
         ]
-    lines += ["        }", "    }", "}", ""]
+        if tls:
+            lines += [
+                "            proxy_ssl_server_name on;",
+                f'            proxy_ssl_name "{upstream.host}";',
+                "            proxy_ssl_verify on;",
+                f"            proxy_ssl_trusted_certificate {CA_BUNDLE};",
+                "            proxy_ssl_verify_depth 4;",
+                "            proxy_ssl_protocols TLSv1.2 TLSv1.3;",
+            ]
+        lines += ["        }"]
+    lines += [
+        "        location / {",  # every other path: refused here, logged with its path, never sent on
+        "            default_type text/plain;",
+        '            return 403 "sandbox: the model proxy passes only the model API\\n";',
+        "        }",
+        "    }",
+        "}",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -442,12 +460,15 @@ class NetRecord:
     bytes_in: int    # from the client
     bytes_out: int   # to the client
     proxy: str       # "egress" or "model"
+    path: str = "-"  # the model proxy's: the request's path and query as the client sent them (capped)
 
     def as_dict(self) -> dict[str, object]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 _FIELD = re.compile(r"[\x21-\x7e]{1,300}")
+_LONG_FIELD = re.compile(r"[\x21-\x7e]{1,16384}")  # nginx escapes what is not printable ASCII as \xXX
+PATH_SHOWN = 200
 
 
 def parse_netlog(text: str, *, model_host: str | None = None, model_port: int | None = None) -> list[NetRecord]:
@@ -458,16 +479,19 @@ def parse_netlog(text: str, *, model_host: str | None = None, model_port: int | 
     out: list[NetRecord] = []
     for line in text.splitlines():
         fields = line.split(" ")
+        if fields[0] == MODELLOG_TAG and len(fields) == 8 and _LONG_FIELD.fullmatch(fields[7]):
+            # the path is the client's to choose: a long one is cut, never a reason to lose the record
+            fields[7] = fields[7][:PATH_SHOWN] + ("..." if len(fields[7]) > PATH_SHOWN else "")
         if not fields or not all(_FIELD.fullmatch(f) for f in fields):
             continue
         try:
             if fields[0] == NETLOG_TAG and len(fields) == 10:
                 out.append(_squid_record(fields[1:]))
-            elif fields[0] == MODELLOG_TAG and len(fields) == 7:
-                t, client, method, code, got, sent = fields[1:]
+            elif fields[0] == MODELLOG_TAG and len(fields) == 8:
+                t, client, method, code, got, sent, path = fields[1:]
                 out.append(NetRecord(float(t), _ip(client), method, model_host or "-", model_port,
                                      "allowed" if int(code) != 403 else "denied", "MODEL", int(code),
-                                     int(got), int(sent), "model"))
+                                     int(got), int(sent), "model", path))
         except ValueError:
             continue
     return out

@@ -38,7 +38,11 @@ class Tiled:
 
 def _shown(server: Any, session: str) -> dict[str, str]:
     """Agent name -> pane id, for the panes of ``session`` that show an agent."""
+    from libtmux import exc as tmux_exc
+
     res = server.cmd("list-panes", "-s", "-t", f"={session}", "-F", "#{pane_id}\t#{" + OPTION + "}")
+    if res.stderr:  # (libtmux's cmd never raises: an unread session would add every pane again)
+        raise tmux_exc.LibTmuxException(" ".join(res.stderr))
     out: dict[str, str] = {}
     for line in res.stdout:
         pane_id, _, name = line.partition("\t")
@@ -48,9 +52,16 @@ def _shown(server: Any, session: str) -> dict[str, str]:
 
 
 def _dress(window: Any) -> None:
-    window.cmd("set-option", "-w", "pane-border-status", "top")
-    window.cmd("set-option", "-w", "pane-border-format", " #{" + OPTION + "} ")
-    window.cmd("select-layout", "tiled")
+    """Titles on the pane borders, tiled: libtmux's own calls, which raise when tmux refuses."""
+    window.set_option("pane-border-status", "top")
+    window.set_option("pane-border-format", " #{" + OPTION + "} ")
+    window.select_layout("tiled")
+
+
+def _mark(pane: Any, name: str) -> None:
+    """The pane option that finds the agent's pane again on the next run (a pane whose mark failed
+    would be added twice)."""
+    pane.set_option(OPTION, name)
 
 
 def tile(agents: list[Sandbox], *, socket_name: str | None = None, session_name: str = SESSION) -> Tiled:
@@ -84,10 +95,10 @@ def tile(agents: list[Sandbox], *, socket_name: str | None = None, session_name:
                                                 attach=False)
                     pane = window.active_pane
                 else:
-                    window.cmd("select-layout", "tiled")  # room for one more
+                    window.select_layout("tiled")  # room for one more
                     pane = window.split(shell=command)
             assert pane is not None
-            pane.cmd("set-option", "-p", OPTION, sb.name)
+            _mark(pane, sb.name)
             _dress(window)
             result.added.append(sb.name)
         assert session is not None

@@ -17,7 +17,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import work
@@ -32,6 +32,9 @@ from sandbox.board import Board, Row
 from sandbox.errors import SandboxError
 from sandbox.manager import Sandbox, SandboxManager
 from sandbox.terminal import defang
+
+if TYPE_CHECKING:
+    from sandbox.workspace import work as work_
 
 PREVIEW_EVERY = 2.0     # seconds between two captures of the selected pane while it changes (busy, new activity)
 PREVIEW_IDLE = 10.0     # … and while nothing says it changed
@@ -59,13 +62,23 @@ def _age(ts: float | None) -> str:
     return "now" if secs < 10 else "<1m"
 
 
+def diff_cell(row: Row) -> Text:
+    """The diffstat, and the agents it edits the same files as (``sandbox conflicts`` tells the rest)."""
+    cell = plain(row.diffstat or "-")
+    if row.overlaps:
+        cell.append(" ! " + defang(",".join(row.overlaps)), style="bold yellow")
+    return cell
+
+
 def cells(row: Row) -> list[Text]:
     sb, st, tok = row.sb, row.stats, row.sb.tokens
     note = sb.reason if sb.state in ("starting", "stopped", "failed", "exited", "waiting") and sb.reason \
         else sb.labels.get("sandbox.task", "")
+    if sb.labels.get("sandbox.plan"):  # a plan's agent: which plan and task (sandbox/plan.py)
+        note = f"[{sb.labels['sandbox.plan']}:{sb.labels.get('sandbox.plan-task', '?')}] {note}"
     tokens = f"{U.short(tok['input'] + tok['cache_read'] + tok['cache_write'])}/{U.short(tok['output'])}" if tok else "-"
     return [plain(sb.name, "bold"), plain(sb.state, STATE_STYLE.get(sb.state, "")), plain(str(sb.attempt or "-")),
-            plain(_age(sb.activity)), plain(sb.branch), plain(row.diffstat or "-"),
+            plain(_age(sb.activity)), plain(sb.branch), diff_cell(row),
             plain(f"{st.cpu_percent:.0f}%" if st and st.cpu_percent is not None else "-"),
             plain(U.size(st.memory) if st else "-"), plain(tokens),
             plain(row.cost.describe() if row.cost else "-"), plain(note)]
@@ -159,7 +172,7 @@ class TopApp(App[None]):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, board: Board, mgr: SandboxManager[Any], *, bell: bool = False, notify_command: str | None = None,
+    def __init__(self, board: Board, mgr: SandboxManager, *, bell: bool = False, notify_command: str | None = None,
                  attach: Callable[[App[Any], Sandbox], None] = attach_in_terminal, refresh_every: float = 0.5,
                  quit_after: float | None = None) -> None:
         super().__init__()
@@ -167,6 +180,7 @@ class TopApp(App[None]):
         self.ring, self.notify_command, self.attach_fn = bell, notify_command, attach
         self.refresh_every, self.quit_after = refresh_every, quit_after
         self.text_filter = ""
+        self.reviewed: dict[str, str] = {}  # name -> the head its last `d` showed (what `m` then merges)
         self._shown: tuple[int, str, int] = (-1, "", -1)
         self._names: list[str] = []
         self._preview_at = 0.0
@@ -207,6 +221,11 @@ class TopApp(App[None]):
                 problem = notify.run(self.notify_command, sb)
                 if problem:
                     self.notify(problem, severity="warning", markup=False)
+            if getattr(self.mgr.settings, "notify_url", None):  # (the webhook, off the UI's thread)
+                from sandbox import notify
+
+                notify.send_later(self.mgr.settings, sb, lambda problem: self.call_from_thread(
+                    self.notify, problem, severity="warning", markup=False))
         self.refresh_preview()
 
     def refresh_table(self) -> None:
@@ -360,7 +379,7 @@ class TopApp(App[None]):
         def merge() -> str:
             from sandbox.workspace import work as work_
 
-            res = work_.merge(self.mgr, self.mgr.get(sb.name))
+            res = work_.merge(self.mgr, self.mgr.get(sb.name), at=at)
             return f"{res.target}: already up to date" if res.before == res.after else \
                 f"{res.target}: {res.before[:12]}..{res.after[:12]} ({res.mode})"
 
@@ -368,28 +387,31 @@ class TopApp(App[None]):
             if yes:
                 self.run_action_in_thread("", merge)
 
-        self.push_screen(Confirm(f"merge {sb.branch} into the main checkout's branch?"), done)
+        at = self.reviewed.get(sb.name)  # the head `d` showed: the merge takes that or nothing
+        what = f"at {at[:12]}, as `d` showed it" if at else "as it is now: not reviewed, `d` first pins it"
+        self.push_screen(Confirm(f"merge {sb.branch} ({what}) into the main checkout's branch?"), done)
 
     def action_diff(self) -> None:
         sb = self._need()
         if sb is None:
             return
 
-        def show(text: str) -> None:
-            self.push_screen(Pager(f"sandbox diff {sb.name}  (q closes)", text or "(no changes)"))
+        def show(review: work_.Review) -> None:
+            self.reviewed[sb.name] = review.head
+            self.push_screen(Pager(f"sandbox diff {sb.name}  (q closes; m merges {review.head[:12]})", review.render()))
 
         self.diff_in_thread(sb, show)
 
     @work(thread=True, group="diff")
-    def diff_in_thread(self, sb: Sandbox, show: Callable[[str], None]) -> None:
+    def diff_in_thread(self, sb: Sandbox, show: Callable[[work_.Review], None]) -> None:
         from sandbox.workspace import work as work_
 
         try:
-            text = work_.diff(self.mgr, self.mgr.get(sb.name))
+            review = work_.diff(self.mgr, self.mgr.get(sb.name))
         except SandboxError as e:
             self.call_from_thread(self.notify, str(e), severity="error", markup=False)
             return
-        self.call_from_thread(show, text)
+        self.call_from_thread(show, review)
 
     @work(thread=True, group="actions")
     def run_action_in_thread(self, said: str, call: Callable[[], Any]) -> None:
@@ -403,7 +425,7 @@ class TopApp(App[None]):
         self.board.poke()
 
 
-def run(mgr: SandboxManager[Any], repo: Any, *, bell: bool = False, headless: bool = False,
+def run(mgr: SandboxManager, repo: Any, *, bell: bool = False, headless: bool = False,
         seconds: float | None = None) -> Board:
     """Run ``sandbox top`` until q (``seconds``: quit after that long — the bench). The board it used."""
     board = Board(mgr, repo)

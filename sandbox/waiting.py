@@ -6,12 +6,14 @@ cannot read it (a remote engine) one exec per poll reads it instead. Polls are b
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
-from sandbox import agentfiles, labels as L
+from sandbox import agentfiles, contract, labels as L
+from sandbox.contract import S
 from sandbox.errors import AgentError, WaitTimeout
-from sandbox.manager import STATE_MOUNT, Sandbox, SandboxManager
+from sandbox.manager import Sandbox, SandboxManager
 
 TERMINAL = ("exited", "failed", "stopped")
 UNTIL = {
@@ -22,8 +24,22 @@ UNTIL = {
 }
 
 
+# How long a wait that returned spends bringing the agent's work over (``brought_over``).
+BRING_OVER_TIMEOUT = 10.0
+
+
 def _snapshot(mgr: SandboxManager, name: str) -> Sandbox:
     return mgr.with_exec_state(mgr.get(name))
+
+
+def brought_over(mgr: SandboxManager, sb: Sandbox) -> Sandbox:
+    """The agent's turn is over: bring its commits over to the host's ``sandbox/NAME`` (the host's
+    verifying fetch, skipped when its git dir has not changed since the last one; bounded), so
+    ``git log sandbox/NAME`` is current as soon as a wait returns. One that cannot be read stays
+    as it was: ``ls`` shows it stale, ``diff`` and ``merge`` say why."""
+    if sb.agent_git is not None and sb.engine_state == "running":
+        mgr.refresh_branches([sb], timeout=min(mgr.settings.sync_timeout, BRING_OVER_TIMEOUT))
+    return sb
 
 
 def wait(mgr: SandboxManager, name: str, until: str = "idle", timeout: float | None = None,
@@ -41,7 +57,7 @@ def wait(mgr: SandboxManager, name: str, until: str = "idle", timeout: float | N
     while True:
         sb = _snapshot(mgr, name)
         if sb.state in UNTIL[until]:
-            return sb
+            return brought_over(mgr, sb)
         if sb.state in TERMINAL:
             raise AgentError(f"agent {name} is {sb.state}" + (f": {sb.reason}" if sb.reason else ""))
         if deadline is not None and time.monotonic() > deadline:
@@ -75,7 +91,7 @@ def wait_any(mgr: SandboxManager, repo: Path | None, until: str = "waiting", tim
             found = [mgr.refreshed(sb) for sb in found]
         for sb in found:
             if sb.state in UNTIL[until]:
-                return sb
+                return brought_over(mgr, sb)
         if found and all(sb.state in TERMINAL for sb in found):
             raise AgentError(f"every agent has ended ({', '.join(f'{sb.name} {sb.state}' for sb in found)})")
         if deadline is not None and time.monotonic() > deadline:
@@ -104,17 +120,24 @@ def send_wait(mgr: SandboxManager, name: str, text: str, timeout: float | None =
     Claude Code: the Stop hook stores the turn's assistant text in ``reply.txt`` (from the hook's
     ``transcript_path``). Other agents: the pane text that appeared after the prompt.
     """
+    deadline = None if timeout is None else time.monotonic() + timeout
     sb = _snapshot(mgr, name)
+    if sb.state == "starting" and timeout is not None:  # --timeout bounds the wait for ready too
+        try:
+            sb = mgr.wait_ready(sb, timeout=timeout)
+        except AgentError:
+            if deadline is None or time.monotonic() < deadline:
+                raise
+            raise WaitTimeout(f"agent {name} still starting after {timeout:g}s") from None
     hooks = sb.labels.get(L.AGENT) == "claude"
-    stops = int(sb.agent_state.get("stops") or 0)
+    stops = int(sb.agent_state.get(S.STOPS) or 0)
     before = "" if hooks else mgr.logs(name)
     t_send = time.time()
-    mgr.send(name, text)
-    deadline = None if timeout is None else time.monotonic() + timeout
+    mgr.send(name, text, sb=sb if sb.engine_state == "running" else None)
     while True:
         sb = _snapshot(mgr, name)
         st = sb.agent_state
-        done = (int(st.get("stops") or 0) > stops) if hooks else float(st.get("since") or 0) > t_send
+        done = (int(st.get(S.STOPS) or 0) > stops) if hooks else float(st.get(S.SINCE) or 0) > t_send
         if done and sb.state in ("idle", "waiting"):
             break
         if sb.state in TERMINAL:
@@ -122,6 +145,7 @@ def send_wait(mgr: SandboxManager, name: str, text: str, timeout: float | None =
         if deadline is not None and time.monotonic() > deadline:
             raise WaitTimeout(f"agent {name} still {sb.state} after {timeout:g}s")
         time.sleep(0.2)
+    brought_over(mgr, sb)
     if not hooks:
         return _new_text(before, mgr.logs(name), text)
     return _reply(mgr, sb)
@@ -131,9 +155,11 @@ def _reply(mgr: SandboxManager, sb: Sandbox) -> str:
     """The turn's answer from ``reply.txt``, which the agent writes: untrusted (see ``agentfiles``).
     Read on the host when the state dir is here, else (remote engine) by a bounded exec inside the
     container, which sees only the agent's own files."""
-    got = agentfiles.read(sb.labels.get(L.STATE_DIR, "/nonexistent"), "reply.txt", agentfiles.REPLY_CAP, "reply file")
+    where = os.path.join(sb.labels.get(L.STATE_DIR, "/nonexistent"), contract.AGENT_STATE)
+    got = agentfiles.read(where, contract.REPLY_FILE, agentfiles.REPLY_CAP, "reply file")
     if got.data is None and got.absent:
-        res = mgr.read_in(sb, agentfiles.exec_argv(f"{STATE_MOUNT}/reply.txt", agentfiles.REPLY_CAP))
+        res = mgr.read_in(sb, agentfiles.exec_argv(f"{contract.AGENT_STATE_DIR}/{contract.REPLY_FILE}",
+                                                   agentfiles.REPLY_CAP))
         if res.exit_code != 0:
             return ""  # no answer stored
         if len(res.stdout) > agentfiles.REPLY_CAP:

@@ -24,6 +24,11 @@ import pytest
 
 RUN_ID = f"test-{uuid.uuid4().hex[:10]}"
 IMAGE = os.environ.get("SANDBOX_TEST_IMAGE", "sandbox-agent:latest")
+# Every CLI run goes through the tested user's own command server (sandbox/client.py), stopped when its test
+# ends (stray ones idle out soon); SANDBOX_SERVER=0 runs the whole suite without one.
+SERVER_IDLE = "60"
+os.environ.setdefault("SANDBOX_SERVER_IDLE", SERVER_IDLE)
+_ENVS: list["Env"] = []
 
 
 def docker_ok() -> bool:
@@ -72,6 +77,8 @@ def reaper() -> Iterator[None]:
     run made it and nothing uses it any more (other runs may share it: `docker network rm` refuses then)."""
     had_network = docker_ok() and network_exists(AGENT_NETWORK)
     yield
+    for made in _ENVS:
+        made.stop_server()
     if not docker_ok():
         return
     ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}"],
@@ -125,6 +132,44 @@ class Env:
     def data(self) -> Path:
         return Path(self.env["XDG_DATA_HOME"]) / "sandbox"
 
+    def server_pids(self) -> list[int]:
+        """The pids of this environment's command servers (of any code), from their sockets."""
+        from sandbox import client
+
+        if not self.root.exists():
+            return []
+        try:
+            where = client.socket_dir(self.env, create=False) if not self.user else None
+        except OSError:
+            return []
+        if where is None:  # another user's: ask through the CLI
+            res = self.run("server", "status", "--json", timeout=30)
+            pid = json.loads(res.out or "{}").get("pid") if res.code == 0 else None
+            return [pid] if pid else []
+        pids = []
+        for name in os.listdir(where):
+            if name.startswith(client.data_key(self.env) + "-") and name.endswith(".sock"):
+                try:
+                    sock = client.connect(os.path.join(where, name))
+                except OSError:
+                    continue
+                if sock is not None:
+                    try:
+                        sock.settimeout(5)
+                        client.request(sock, {"op": "status"})
+                        pids += [int(msg["pid"]) for msg in client.frames(sock)][:1]
+                    finally:
+                        sock.close()
+        return pids
+
+    def stop_server(self) -> None:
+        """Stop this environment's command servers; never raises."""
+        try:
+            for pid in self.server_pids():
+                os.kill(pid, 15)
+        except Exception:
+            pass
+
 
 def make_env(root: Path, image: str, user: str | None = None) -> Env:
     home = root / "home"
@@ -146,9 +191,12 @@ def make_env(root: Path, image: str, user: str | None = None) -> Env:
         "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
         "LANG": "C.UTF-8",
     }
-    if os.environ.get("DOCKER_HOST"):
-        env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
-    return Env(root=root, env=env, user=user)
+    for name in ("DOCKER_HOST", "SANDBOX_SERVER", "SANDBOX_SERVER_IDLE"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    made = Env(root=root, env=env, user=user)
+    _ENVS.append(made)
+    return made
 
 
 def git(repo: Path, *args: str) -> str:
@@ -171,8 +219,10 @@ def make_repo(path: Path, commit: bool = True) -> Path:
 
 
 @pytest.fixture
-def env(tmp_path: Path, agent_image: str) -> Env:
-    return make_env(tmp_path, agent_image)
+def env(tmp_path: Path, agent_image: str) -> Iterator[Env]:
+    made = make_env(tmp_path, agent_image)
+    yield made
+    made.stop_server()
 
 
 @pytest.fixture
@@ -196,14 +246,14 @@ def wait_for(check: Callable[[], object], timeout: float = 60, what: str = "cond
 
 def leftovers(env: Env, repo: Path) -> dict[str, list[str]]:
     """What a failed command might have left behind: containers, workspaces (and the agents' git
-    dirs), branches, worktree records."""
+    dirs), branches, git worktree records."""
     containers = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.run-id={RUN_ID}",
                                  "--filter", f"label=sandbox.repo={repo}"], capture_output=True, text=True).stdout.split()
-    worktrees = [str(p) for d in ("workspaces", "agent-git") for p in (env.data / d).glob("*/*")]
+    workspaces = [str(p) for d in ("workspaces", "agent-git") for p in (env.data / d).glob("*/*")]
     branches = git(repo, "branch", "--list", "sandbox/*").split() if (repo / ".git").exists() else []
     registered = [line for line in git(repo, "worktree", "list", "--porcelain").splitlines()
                   if line.startswith("worktree ")][1:] if (repo / ".git").exists() else []
-    return {"containers": containers, "worktrees": worktrees, "branches": branches, "registered": registered}
+    return {"containers": containers, "workspaces": workspaces, "branches": branches, "registered": registered}
 
 
 # -- a non-root invoking user ------------------------------------------------------------------------
@@ -246,6 +296,7 @@ def unprivileged(agent_image: str, user_python: str) -> Iterator[Env]:
     try:
         yield user_env
     finally:
+        user_env.stop_server()
         ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=sandbox.repo={root / 'repo'}"],
                              capture_output=True, text=True).stdout.split()
         if ids:

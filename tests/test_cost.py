@@ -85,6 +85,7 @@ def test_a_bad_price_table_is_one_usage_line(tmp_path: Path, bad: dict[str, obje
     lines = [f'[prices."{k}"]' + "".join(f"\n{kk} = {json.dumps(vv)}" for kk, vv in v.items()) if isinstance(v, dict)
              else f'[prices]\n"{k}" = {v}' for k, v in bad.items()]
     (repo / ".sandbox.toml").write_text("\n".join(lines) + "\n")
+    env.ok("trust", cwd=repo)  # prices apply from a trusted repository file only (tests/test_trust.py)
     for argv in (["config", "show"], ["ls"]):
         res = env.run(*argv, cwd=repo)
         assert res.code == 2 and "Traceback" not in res.err, res.err
@@ -166,6 +167,7 @@ def test_token_counts_are_what_the_scripted_model_reported(env: Env, repo: Path,
 
     # a price table in the repository's settings (`*`: every model) changes the estimate
     (repo / ".sandbox.toml").write_text('[prices."*"]\ninput = 1000000\noutput = 0\n')
+    env.ok("trust", cwd=repo)
     assert env.ok("ls", "--json", cwd=repo).json()[0]["cost_usd"] == pytest.approx(inp)
     missing = env.run("stats", "nope-1", cwd=repo)
     assert missing.code == 4 and missing.err.startswith("sandbox: error: no agent named 'nope-1'")
@@ -177,6 +179,7 @@ def test_the_budget_stop_keeps_the_work(env: Env, repo: Path, spawned: list[str]
     # $10 per million tokens: the first model call (~14k tokens of Claude Code's prompt) costs ~$0.14,
     # two cost ~$0.28: the Write of the first call happens, the budget stops the commit of the second.
     (repo / ".sandbox.toml").write_text('[prices."*"]\ninput = 10\noutput = 10\n')
+    env.ok("trust", cwd=repo)
     spawned += ["cost-1", "cost-2"]
     res = env.ok("spawn", "--name", "cost-1", "--max-cost", "0.2", "write the task file", cwd=repo)
     assert "cost-1" in res.out
@@ -185,7 +188,7 @@ def test_the_budget_stop_keeps_the_work(env: Env, repo: Path, spawned: list[str]
     assert sb["state"] == "stopped" and sb["reason"].startswith("max-cost $0.2 reached (estimate $"), sb["reason"]
     assert sb["max_cost"] == 0.2 and sb["cost_usd"] > 0.2 and sb["labels"]["sandbox.max-cost"] == "0.2"
     assert sb["engine_state"] == "running"  # the container stays: pane, workspace and work kept
-    workspace = Path(sb["worktree"])
+    workspace = Path(sb["workspace"])
     assert (workspace / "SANDBOX_TASK.md").is_file()
     wait_for(lambda: "SANDBOX_TASK.md" in env.ok("diff", "cost-1", "--uncommitted", "--stat", cwd=repo).out, 30,
              "the uncommitted file in the diff")

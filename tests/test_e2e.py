@@ -51,13 +51,13 @@ def test_claude_spawn_commit_send_logs_rm(env: Env, repo: Path) -> None:
     wait_for(lambda: env.ok("ls", cwd=repo) and "now write the docs" in git(repo, "log", "-1", "--format=%s", branch),
              60, "second commit")
 
-    worktree = Path(row["worktree"])
-    assert worktree.is_dir()
+    workspace = Path(row["workspace"])
+    assert workspace.is_dir()
     assert env.run("rm", name, cwd=repo).code == 5  # its commits are neither merged nor pushed
     env.ok("rm", "--force", name, cwd=repo)       # backed up under refs/sandbox/backup/, then removed
     assert subprocess.run(["docker", "inspect", f"sandbox-{name}"], capture_output=True).returncode != 0
-    assert not worktree.exists()
-    assert str(worktree) not in git(repo, "worktree", "list")
+    assert not workspace.exists()
+    assert str(workspace) not in git(repo, "worktree", "list")
     assert git(repo, "rev-parse", "--verify", branch).strip()  # the branch (the work) stays
 
 
@@ -66,10 +66,10 @@ def test_shell_agent_send_is_byte_exact(env: Env, repo: Path) -> None:
     assert name.startswith("sh-")
     text = "quotes ' \" `x` $HOME $(id) ; && | \\ back\\slash \\; unicode ü → 日本 end;"
     env.ok("send", name, text)
-    worktree = Path(env.ok("ls", "--json", cwd=repo).json()[0]["worktree"])
-    wait_for(lambda: (worktree / "received.txt").exists() and (worktree / "received.txt").read_text().endswith("\n"),
+    workspace = Path(env.ok("ls", "--json", cwd=repo).json()[0]["workspace"])
+    wait_for(lambda: (workspace / "received.txt").exists() and (workspace / "received.txt").read_text().endswith("\n"),
              20, "the text to arrive")
-    assert (worktree / "received.txt").read_text() == text + "\n"
+    assert (workspace / "received.txt").read_text() == text + "\n"
     env.ok("rm", "--force", name)
 
 
@@ -98,7 +98,7 @@ def test_exec_attach_command_and_lifecycle(env: Env, repo: Path) -> None:
     assert env.ok("ls", "--json", cwd=repo).json() == []
 
 
-def test_worktree_under_a_private_home_is_reachable(env: Env, repo: Path) -> None:
+def test_workspace_under_a_private_home_is_reachable(env: Env, repo: Path) -> None:
     """Root's default data dir is under /root (mode 700 in most images): the agent must still reach it."""
     import os
     import shutil

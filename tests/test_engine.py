@@ -1,5 +1,5 @@
-"""The engine's two lanes (plain HTTP on a local socket, docker-py) and its one error mapper:
-the same engine answer is the same `sandbox.errors` type whichever lane carried it."""
+"""The engine (docker-py, one transport) and its one error mapper: an engine answer is one
+`sandbox.errors` type with the engine's own words."""
 
 from __future__ import annotations
 
@@ -17,8 +17,6 @@ import pytest
 from sandbox.engine import Engine, engine_error
 from sandbox.errors import Conflict, EngineError, EngineUnavailable, ImageMissing, NotFound, SandboxError
 from tests.conftest import RUN_ID
-
-LANES = [pytest.param(True, id="plain-http"), pytest.param(False, id="docker-py")]
 
 # (HTTP status, the engine's message) -> the error type, its exit code
 ANSWERS = [
@@ -44,7 +42,7 @@ def test_engine_error_without_an_answer_is_unreachable() -> None:
     assert type(err) is EngineUnavailable and err.exit_code == 7 and "cannot reach the Docker engine" in str(err)
 
 
-# -- a fake engine: both lanes get the very same answer ----------------------------------------
+# -- a fake engine: each call gets the same answer -------------------------------------------------
 class _Server(ThreadingMixIn, UnixStreamServer):
     daemon_threads = True
     answer: tuple[int, str] = (500, "")
@@ -88,38 +86,23 @@ def fake_engine(tmp_path: Path) -> Iterator[_Server]:
 
 
 @pytest.mark.parametrize(("status", "message", "kind", "code"), ANSWERS)
-def test_both_lanes_raise_the_same_error_for_the_same_answer(fake_engine: _Server, status: int, message: str,
-                                                             kind: type, code: int) -> None:
+def test_an_engine_answer_is_its_error(fake_engine: _Server, status: int, message: str, kind: type,
+                                       code: int) -> None:
     fake_engine.answer = (status, message)
-    url = f"unix://{fake_engine.server_address}"
-    got = {}
-    for plain in (True, False):
-        engine = Engine(base_url=url, timeout=5, plain_http=plain)
-        for call, what in ((lambda: engine.image_labels("nope:x"), "inspect image nope:x"),
-                           (lambda: engine.exec("x", ["true"]), "exec in x")):
-            with pytest.raises(SandboxError) as info:
-                call()
-            assert type(info.value) is kind, (plain, what, info.value)
-            got[plain, what] = str(info.value)
-        engine.close()
-    for (plain, what), text in got.items():
-        assert text == got[True, what] and text.startswith(f"{what}: {message}"), got
+    engine = Engine(base_url=f"unix://{fake_engine.server_address}", timeout=5)
+    for call, what in ((lambda: engine.image_labels("nope:x"), "inspect image nope:x"),
+                       (lambda: engine.exec("x", ["true"]), "exec in x")):
+        with pytest.raises(SandboxError) as info:
+            call()
+        assert type(info.value) is kind and info.value.exit_code == code, (what, info.value)
+        assert str(info.value).startswith(f"{what}: {message}"), info.value
+    engine.close()
 
 
-@pytest.mark.parametrize("plain", LANES)
-def test_no_engine_there_is_unreachable_on_both_lanes(tmp_path: Path, plain: bool) -> None:
-    engine = Engine(base_url=f"unix://{tmp_path}/none.sock", timeout=2, plain_http=plain)
+def test_no_engine_there_is_unreachable(tmp_path: Path) -> None:
+    engine = Engine(base_url=f"unix://{tmp_path}/none.sock", timeout=2)
     with pytest.raises(EngineUnavailable, match="cannot reach the Docker engine"):
         engine.image_id("x")
-
-
-def test_a_local_socket_takes_plain_http_for_reads_and_docker_py_for_the_rest(tmp_path: Path) -> None:
-    """Which lane is decided by the call and the engine's address, not by what was imported before."""
-    local = Engine(base_url=f"unix://{tmp_path}/x.sock")
-    assert local._sock == f"{tmp_path}/x.sock"
-    assert Engine(base_url=f"unix://{tmp_path}/x.sock", plain_http=False)._sock is None
-    assert Engine(base_url="tcp://127.0.0.1:9")._sock is None
-    assert Engine(base_url="ssh://user@host")._sock is None
 
 
 # -- the real engine ---------------------------------------------------------------------------
@@ -135,9 +118,8 @@ def stopped_container(agent_image: str) -> Iterator[str]:
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=30)
 
 
-@pytest.mark.parametrize("plain", LANES)
-def test_real_engine_answers_are_the_same_errors_on_both_lanes(plain: bool, stopped_container: str) -> None:
-    engine = Engine(plain_http=plain)
+def test_real_engine_answers_are_their_errors(stopped_container: str) -> None:
+    engine = Engine()
     missing = f"sandbox-missing-{uuid.uuid4().hex[:8]}"
     for call in (lambda: engine.exec(missing, ["true"]), lambda: engine.logs(missing),
                  lambda: engine.start(missing), lambda: engine.stop(missing)):
@@ -161,9 +143,8 @@ def base_image(agent_image: str) -> str:
     return load_settings().base_image
 
 
-@pytest.mark.parametrize("plain", LANES)
-def test_real_engine_lifecycle_exec_and_logs_on_both_lanes(plain: bool, base_image: str) -> None:
-    engine = Engine(plain_http=plain)
+def test_real_engine_lifecycle_exec_and_logs(base_image: str) -> None:
+    engine = Engine()
     name = f"sandbox-lanes-{uuid.uuid4().hex[:8]}"
     cid = engine.create(name=name, image=base_image, labels={"sandbox.run-id": RUN_ID, "sandbox.test": "lifecycle"}, env={},
                         command=["sh", "-c", "echo to-out; echo to-err >&2; exec sleep 60"], user="1000:1000",
@@ -174,6 +155,7 @@ def test_real_engine_lifecycle_exec_and_logs_on_both_lanes(plain: bool, base_ima
         res = engine.exec(cid, ["sh", "-c", "printf out; printf err >&2; exit 3"])
         assert (res.exit_code, res.stdout, res.stderr, res.text) == (3, b"out", b"err", "out")
         assert engine.exec_retried(cid, ["cat", "/etc/hostname"]).exit_code == 0
+        assert "memory_stats" in engine.stats(cid, 5.0) and engine.stats_many([cid])[cid] is not None
         logs = engine.logs(cid, tail=10)
         assert "to-out" in logs and "to-err" in logs and "\x00" not in logs
         engine.stop(cid, timeout=1)

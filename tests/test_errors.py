@@ -10,7 +10,7 @@ from tests.conftest import Env, git, leftovers, make_repo
 
 pytestmark = pytest.mark.slow
 
-NOTHING = {"containers": [], "worktrees": [], "branches": [], "registered": []}
+NOTHING = {"containers": [], "workspaces": [], "branches": [], "registered": []}
 
 
 def one_line_error(res, code: int, *words: str) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +68,7 @@ def test_image_missing(env: Env, repo: Path) -> None:
     assert leftovers(env, repo) == NOTHING
 
 
-def test_worktree_path_already_there(env: Env, repo: Path) -> None:
+def test_workspace_path_already_there(env: Env, repo: Path) -> None:
     from sandbox.workspace.git import find_repo
 
     target = env.data / "workspaces" / find_repo(repo).slug / "taken"

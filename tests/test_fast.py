@@ -1,28 +1,22 @@
-"""The hot commands (``ls``, ``ls --json``, ``logs``, ``send``, ``--version``, ``--help``) go through the one
-typer app, import neither pydantic nor pydantic-settings nor docker-py, and answer as with the full
-``Settings`` (``SANDBOX_NO_FAST=1``): the light settings reader and typer's own coercion agree with
-pydantic wherever they take a value, and leave every other value to it."""
+"""The hot commands (``ls``, ``ls --json``, ``logs``, ``send``, ``--version``) are fast because a warm
+per-user server runs them (README "The command server"), not because they avoid their dependencies: the
+console script's first module (``sandbox.client``) imports nothing but the standard library, and every
+command answers alike through the server and in its own process (``SANDBOX_SERVER=0``). How fast is
+``bench/run.py``'s to measure, not a test's."""
 
 from __future__ import annotations
 
 import json
-import math
-import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-import typer
-from typer._coercion import build_runtime_param
-from typer.main import get_command
 
-from sandbox import cli, lightsettings
-from sandbox.config import Settings, settings_from
-from sandbox.errors import UsageError
-from sandbox.lightsettings import LightSettings, ManagerSettings, Refusal
-from tests.conftest import Env, make_env, wait_for
+from tests.conftest import Env, make_env, make_repo, wait_for
 
-HEAVY = {"pydantic", "pydantic_core", "pydantic_settings", "docker", "requests", "sandbox.config", "textual", "libtmux"}
+ALONE = {"SANDBOX_SERVER": "0"}
+SITE = {"imported package", "sitecustomize", "usercustomize", "_distutils_hack"}  # (the header; site's own)
 
 
 def imported(res: Any) -> set[str]:
@@ -30,196 +24,72 @@ def imported(res: Any) -> set[str]:
     return {line.rsplit("|", 1)[-1].strip() for line in res.err.splitlines() if line.startswith("import time:")}
 
 
-def traced(env: Env, *args: str, **kw: Any) -> Any:
-    extra = {**kw.pop("extra", {}), "PYTHONPROFILEIMPORTTIME": "1"}
-    return env.run(*args, extra=extra, **kw)
-
-
 def errors(res: Any) -> str:
     return "\n".join(line for line in res.err.splitlines() if not line.startswith("import time:"))
 
 
-# -- the light settings reader against pydantic's Settings -------------------------------------------
-CASES: list[tuple[dict[str, str], dict[str, Any], dict[str, Any]]] = [  # (environment, file values, flags)
-    ({}, {}, {}),
-    ({"SANDBOX_RUN_ID": "r-1"}, {"run_id": "from-file"}, {}),
-    ({}, {"run_id": "from-file", "data_dir": "/srv/sb", "image": "img:1"}, {}),
-    ({"SANDBOX_RUN_ID": ""}, {}, {}),
-    ({"sandbox_run_id": "lower"}, {}, {}),
-    ({"SANDBOX_RUN_ID": "a", "sandbox_run_id": "b"}, {}, {}),          # which wins is pydantic's to say
-    ({"SANDBOX_DATA_DIR": "/d"}, {"data_dir": "/f"}, {}),
-    ({"SANDBOX_DATA_DIR": ""}, {}, {}),
-    ({}, {"run_id": 5}, {}),                                            # not a string: pydantic rejects it
-    ({}, {"data_dir": 3}, {}),
-    ({"SANDBOX_READY_TIMEOUT": "120"}, {}, {}),
-    ({"SANDBOX_READY_TIMEOUT": "1.5"}, {"ready_timeout": 9}, {}),
-    ({"SANDBOX_READY_TIMEOUT": " 1.5"}, {}, {}),
-    ({"SANDBOX_READY_TIMEOUT": "1e3"}, {}, {}),
-    ({"SANDBOX_READY_TIMEOUT": "soon"}, {}, {}),
-    ({}, {"ready_timeout": 2.5}, {}),
-    ({}, {"ready_timeout": True}, {}),
-    ({}, {"ready_timeout": math.nan}, {}),
-    ({}, {"ready_timeout": "30"}, {}),
-    ({"SANDBOX_SYNC_TIMEOUT": "0"}, {}, {}),                            # gt=0: a usage error
-    ({}, {"sync_timeout": -1}, {}),
-    ({}, {"sync_timeout": 7}, {}),
-    ({"SANDBOX_AGENT_UID": "1234", "SANDBOX_AGENT_GID": "007"}, {}, {}),
-    ({"SANDBOX_AGENT_UID": "-1"}, {}, {}),
-    ({}, {"agent_uid": 1000, "agent_gid": 1000.0}, {}),
-    ({}, {"agent_uid": False}, {}),
-    ({"SANDBOX_RETRIES": "many"}, {"memory": "lots"}, {}),             # not read by these commands
-    ({"SANDBOX_IMAGE": "env:1"}, {}, {"image": "flag:1"}),
-    ({}, {}, {"run_id": None, "image": None}),
-    ({}, {}, {"retries": 2}),                                           # a flag it does not read
-    ({"SANDBOX_NO_FAST": "1"}, {}, {}),
-]
+@pytest.fixture(autouse=True)
+def served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the server unless a test says otherwise (a suite run with SANDBOX_SERVER=0 too)."""
+    monkeypatch.delenv("SANDBOX_SERVER", raising=False)
 
 
-@pytest.mark.parametrize("environ, files, flags", CASES)
-def test_light_settings_agree_with_pydantic_or_refuse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                      environ: dict[str, str], files: dict[str, Any],
-                                                      flags: dict[str, Any]) -> None:
-    for key in [k for k in os.environ if k.upper().startswith("SANDBOX_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
-    for key, value in environ.items():
-        monkeypatch.setenv(key, value)
-    got = lightsettings.light(files, flags, os.environ)
-    # The full Settings of these sources, less the settings the light reader does not read (the
-    # commands that read those judge them: a bad `memory` fails `spawn`, not `ls`).
-    for key in [k for k in os.environ if k.upper().startswith("SANDBOX_")
-                and k.upper()[len("SANDBOX_"):].lower() not in lightsettings.FIELDS]:
-        monkeypatch.delenv(key)
+def test_the_client_imports_only_the_standard_library(tmp_path: Path) -> None:
+    """What the console script's process imports when a server answers: the stdlib and ``sandbox.client``."""
+    env = make_env(tmp_path, "sandbox-agent:never-used")
     try:
-        full: Settings | None = settings_from({k: v for k, v in files.items() if k in lightsettings.FIELDS},
-                                              dict(flags))
-    except UsageError:
-        full = None
-    if isinstance(got, Refusal):
-        assert got.key and got.why
-        return
-    assert full is not None, f"light took a value pydantic rejects: {got}"
-    for name in lightsettings.FIELDS:
-        assert getattr(got, name) == getattr(full, name), name
-    assert got.uid_gid() == full.uid_gid()
+        env.ok("--version")  # the server is up
+        for args in (["--version"], ["ls", "--json"], ["logs", "nope-1"]):
+            res = env.run(*args, extra={"PYTHONPROFILEIMPORTTIME": "1"})
+            ours = {m for m in imported(res) - SITE if m.split(".")[0] not in sys.stdlib_module_names}
+            assert ours <= {"sandbox", "sandbox.client"}, (args, ours)
+            assert res.code == (4 if args[0] == "logs" else 0), errors(res)
+    finally:
+        env.stop_server()
 
 
-def test_refusals_are_the_cases_pydantic_must_judge(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SANDBOX_NO_FAST", raising=False)
-    assert lightsettings.light({"run_id": 5}, {}, {}) == Refusal("file", "run_id", "5 is not a plain str")
-    assert isinstance(lightsettings.light({}, {}, {"SANDBOX_SYNC_TIMEOUT": "0"}), Refusal)
-    assert isinstance(lightsettings.light({}, {}, {"SANDBOX_NO_FAST": "1"}), Refusal)
-    assert lightsettings.light({"run_id": "x", "memory": "bogus"}, {}, {}) == LightSettings(run_id="x")
-
-
-def test_both_settings_satisfy_the_protocol() -> None:
-    def reads(s: ManagerSettings) -> tuple[Any, ...]:
-        return s.run_id, s.data_dir, s.image, s.ready_timeout, s.sync_timeout, s.uid_gid()
-
-    light, full = LightSettings(), Settings()
-    assert reads(light) == reads(full)  # the defaults too
-    assert set(lightsettings.FIELDS) <= set(Settings.model_fields)
-
-
-def test_read_falls_to_the_full_settings_by_the_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # no repository: only the user file (none here)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.setenv("SANDBOX_RUN_ID", "r-7")
-    assert lightsettings.read(None) == (None, LightSettings(run_id="r-7"))
-    monkeypatch.setenv("SANDBOX_READY_TIMEOUT", "1e3")
-    top, settings = lightsettings.read(None)
-    assert isinstance(settings, Settings) and settings.ready_timeout == 1000.0 and settings.run_id == "r-7"
-    monkeypatch.setenv("SANDBOX_SYNC_TIMEOUT", "-1")
-    with pytest.raises(UsageError, match="sync_timeout"):
-        lightsettings.read(None)
-
-
-# -- plain parameter values against typer's own (pydantic) coercion ------------------------------------
-def _params() -> dict[tuple[str, str], Any]:
-    root = get_command(cli.app)
-    out = {}
-    for cmd_name, cmd in root.commands.items():  # type: ignore[attr-defined]
-        for p in cmd.params:
-            out[(cmd_name, p.name)] = p
-    return out
-
-
-@pytest.mark.parametrize("command, param, value", [
-    ("ls", "repo", "/tmp"), ("ls", "repo", "relative/dir"), ("ls", "repo", "-"),
-    ("logs", "name", "a-1"), ("logs", "lines", "20"), ("logs", "lines", "007"), ("logs", "lines", "0"),
-    ("logs", "lines", "abc"), ("logs", "lines", "-3"), ("logs", "lines", " 5"),
-    ("send", "text", "echo 'a;b' $x"), ("send", "text", ""), ("send", "timeout", "1.5"),
-    ("send", "timeout", "10"), ("send", "timeout", "1e3"), ("send", "timeout", "x"),
-    ("exec", "argv", ("git", "log", "--oneline")), ("spawn", "retries", "3"), ("spawn", "retries", "abc"),
-    ("spawn", "max_time", "2.5"), ("spawn", "mock_script", "/nonexistent/script.json"),
-])
-def test_plain_values_are_typers_own(command: str, param: str, value: Any) -> None:
-    p = _params()[(command, param)]
-    ctx = typer.Context(get_command(cli.app))
-
-    def outcome(coerce: Any) -> Any:
-        try:
-            return ("ok", coerce(value, param=p, ctx=ctx))
-        except typer.BadParameter as e:  # (typer's own class, re-exported)
-            return ("error", e.format_message())
-
-    plain = outcome(p._runtime_param._coerce_value)
-    assert isinstance(p._runtime_param, cli._PlainValue)
-    assert plain == outcome(build_runtime_param(p.type_descriptor)._coerce_value)
-
-
-# -- through the real CLI -------------------------------------------------------------------------
-def test_version_and_help_import_nothing_heavy(tmp_path: Path) -> None:
+def test_bad_values_are_the_same_usage_errors_in_both_ways(tmp_path: Path) -> None:
     env = make_env(tmp_path, "sandbox-agent:never-used")
-    version = traced(env, "--version")
-    assert version.code == 0 and version.out == "sandbox 0.1.0\n"
-    assert not imported(version) & HEAVY and "typer" in imported(version)  # the one app
-    helped = traced(env, "--help")
-    assert helped.code == 0 and "Usage: sandbox" in helped.out and not imported(helped) & HEAVY
-    for argv in (["ls", "--help"], ["logs", "--help"], ["send", "--help"]):
-        res = traced(env, *argv)
-        assert res.code == 0 and "Usage: sandbox" in res.out and not imported(res) & HEAVY, argv
-
-
-def test_a_value_only_pydantic_can_judge_still_goes_to_it(tmp_path: Path) -> None:
-    env = make_env(tmp_path, "sandbox-agent:never-used")
-    res = traced(env, "logs", "x", "-n", "abc")  # typer's own message (through pydantic)
-    assert res.code == 2 and "--lines" in errors(res) and "pydantic" in imported(res)
-    res = traced(env, "ls", "--json", extra={"SANDBOX_SYNC_TIMEOUT": "0"})  # the full Settings judge it
-    assert res.code == 2 and "sync_timeout" in errors(res) and "pydantic_settings" in imported(res)
-    assert "docker" not in imported(res)
+    repo = make_repo(tmp_path / "repo")
+    try:
+        for extra in ({}, ALONE):
+            res = env.run("logs", "x", "-n", "abc", cwd=repo, extra=extra)  # typer's own message
+            assert res.code == 2 and "--lines" in res.err, (extra, res.err)
+            res = env.run("ls", "--json", cwd=repo, extra={**extra, "SANDBOX_SYNC_TIMEOUT": "0"})
+            assert res.code == 2 and "sync_timeout" in res.err and "\n" not in res.err.strip(), (extra, res.err)
+    finally:
+        env.stop_server()
 
 
 @pytest.mark.slow
-def test_hot_commands_skip_pydantic_and_docker_and_answer_as_the_full_settings(env: Env, repo: Path) -> None:
+def test_hot_commands_answer_alike_through_the_server_and_alone(env: Env, repo: Path) -> None:
     env.ok("spawn", "--agent-cmd", "bash", "--name", "fast-1", cwd=repo)
-    full = {"SANDBOX_NO_FAST": "1"}  # the same commands with the full pydantic Settings
 
-    listed = traced(env, "ls", "--json", cwd=repo)
-    assert listed.code == 0 and not imported(listed) & HEAVY, imported(listed) & HEAVY
-    assert "sandbox.manager" in imported(listed) and "sandbox.lightsettings" in imported(listed)
-    fast = [{k: v for k, v in a.items() if k not in VOLATILE} for a in json.loads(listed.out)]
-    slow = [{k: v for k, v in a.items() if k not in VOLATILE} for a in env.ok("ls", "--json", cwd=repo,
-                                                                             extra=full).json()]
+    def both(*args: str) -> tuple[Any, Any]:
+        return env.run(*args, cwd=repo), env.run(*args, cwd=repo, extra=ALONE)
+
+    served, alone = both("ls", "--json")
+    assert served.code == alone.code == 0, (served.err, alone.err)
+    fast = [{k: v for k, v in a.items() if k not in VOLATILE} for a in json.loads(served.out)]
+    slow = [{k: v for k, v in a.items() if k not in VOLATILE} for a in json.loads(alone.out)]
     assert [a["name"] for a in fast] == ["fast-1"] and fast == slow
     assert env.ok("ls", "--all", "--json", cwd=repo).json()[0]["name"] == "fast-1"
 
-    table = traced(env, "ls", cwd=repo)
-    assert table.code == 0 and not imported(table) & HEAVY
-    assert table.out.splitlines()[0].split()[:3] == ["NAME", "AGENT/MODEL", "STATE"]
-    assert table.out.splitlines()[1].split()[0] == "fast-1"
-    assert [line.split()[0] for line in env.ok("ls", cwd=repo, extra=full).out.splitlines()] == ["NAME", "fast-1"]
+    served, alone = both("ls")
+    assert served.code == alone.code == 0
+    assert served.out.splitlines()[0].split()[:3] == ["NAME", "AGENT/MODEL", "STATE"]
+    assert [ln.split()[0] for ln in served.out.splitlines()] == [ln.split()[0] for ln in alone.out.splitlines()] \
+        == ["NAME", "fast-1"]
 
-    # send + logs: the text arrives byte-exact and the pane shows it
-    sent = traced(env, "send", "fast-1", "echo fast-$((40+2)) 'a;b'", cwd=repo)
-    assert sent.code == 0 and not imported(sent) & HEAVY, errors(sent)
-    wait_for(lambda: "fast-42 a;b" in env.ok("logs", "fast-1", cwd=repo).out, 30, "the echo in the pane")
-    logs = traced(env, "logs", "fast-1", "-n", "5", cwd=repo)
-    assert logs.code == 0 and not imported(logs) & HEAVY
-    assert logs.out == env.ok("logs", "fast-1", "-n", "5", cwd=repo, extra=full).out
-    missing = traced(env, "logs", "nope-1", cwd=repo)
-    assert missing.code == 4 and errors(missing).startswith("sandbox: error: no agent named 'nope-1'")
-    assert not imported(missing) & HEAVY
+    # send + logs: the text arrives byte-exact and the pane shows it, whichever process typed it
+    assert env.run("send", "fast-1", "echo fast-$((40+2)) 'a;b'", cwd=repo).code == 0
+    assert env.run("send", "fast-1", "echo alone-$((40+2))", cwd=repo, extra=ALONE).code == 0
+    wait_for(lambda: "alone-42" in env.ok("logs", "fast-1", cwd=repo).out, 30, "the echoes in the pane")
+    served, alone = both("logs", "fast-1", "-n", "5")
+    assert served.code == alone.code == 0 and served.out == alone.out and "fast-42 a;b" in served.out
+    served, alone = both("logs", "nope-1")
+    assert served.code == alone.code == 4 and served.err == alone.err
+    assert served.err.startswith("sandbox: error: no agent named 'nope-1'")
     env.ok("rm", "--force", "fast-1", cwd=repo)
 
 

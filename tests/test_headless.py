@@ -132,7 +132,7 @@ def run_agent(remote: Remote) -> Iterator:
     made: list[str] = []
 
     def run(branch: str, task: str | None = "fix the flaky test", *, token: str = "token", extra: dict[str, str] | None = None,
-            script: str | None = None, uid: int | None = None) -> Agent:
+            script: str | None = None, uid: int | None = None, args: tuple[str, ...] = ()) -> Agent:
         uid = random.randint(20000, 60000) if uid is None else uid
         name = f"sbx-hl-agent-{uuid.uuid4().hex[:8]}"
         env = {"SANDBOX_REPO": remote.url(), "SANDBOX_PUSH_BRANCH": branch, "SANDBOX_GIT_TOKEN_FILE": f"/files/{token}",
@@ -141,7 +141,7 @@ def run_agent(remote: Remote) -> Iterator:
             env["SANDBOX_MOCK_SCRIPT_FILE"] = f"/files/{script}"
         argv = ["run", "-d", "--name", name, "--label", f"sandbox.run-id={RUN_ID}", "--network", remote.network,
                 "--read-only", "--tmpfs", "/tmp", "--memory", "1g", "--user", f"{uid}:{uid}",
-                "-p", f"127.0.0.1::{PORT}", "-v", f"{remote.files}:/files:ro"]
+                "-p", f"127.0.0.1::{PORT}", "-v", f"{remote.files}:/files:ro", *args]
         for k, v in env.items():
             argv += ["-e", f"{k}={v}"]
         docker(*argv, remote.image)
@@ -173,12 +173,18 @@ def test_run_pushes_the_agents_commit_serves_health_and_keeps_the_token_out(run_
     assert docker("exec", agent.name, "id", "-u").stdout.strip() == str(agent.uid)
 
     # The token: in the credential helper's file only — not in the remote URL, the git config, the
-    # agent's environment, the logs, the engine's view of the container, nor anything pushed.
+    # agent's environment, the logs, the engine's view of the container, nor anything pushed. The
+    # helper is in the supervisor's own git config; the agent's clone has none (its origin is the
+    # supervisor's clone). Run as one uid (this random --user), the agent could still reach it: said so.
     assert TOKEN not in json.dumps(info)
     assert TOKEN not in agent.logs()
+    assert "running as one uid: the agent can reach the push credential" in agent.logs()
+    assert "running as one uid" in status["push_credential"]
     config = docker("exec", agent.name, "sh", "-c", "cat /tmp/sandbox/work/.git/config "
                     "/tmp/sandbox/home/.gitconfig").stdout
-    assert remote.url() in config and TOKEN not in config and "credential" in config
+    assert "/tmp/.sandbox/remote.git" in config and TOKEN not in config and "credential" not in config
+    helper = docker("exec", agent.name, "cat", "/tmp/.sandbox/git/.gitconfig").stdout
+    assert remote.host in helper and "credential" in helper and TOKEN not in helper
     pane_env = docker("exec", agent.name, "sh", "-c", "cat /proc/$(cat /tmp/sandbox-agent-pid | cut -d' ' -f2)/environ"
                       ).stdout
     assert TOKEN not in pane_env and "SANDBOX_GIT_TOKEN" not in pane_env
@@ -246,10 +252,12 @@ def test_bad_configuration_exits_2(run_agent, remote: Remote) -> None:
     assert agent.logs().strip().splitlines()[-1] == ("sandbox headless: error: SANDBOX_REPO must not carry "
                                                      "credentials: pass the token as SANDBOX_GIT_TOKEN_FILE")
     assert "pw" not in agent.logs().replace("push", "")
-    root = run_agent("sandbox/root", uid=0)
+    # Root without the supervisor's capabilities cannot run the agent as another uid: refused, never as root.
+    root = run_agent("sandbox/root", uid=0, args=("--cap-drop", "ALL"))
     assert root.wait_exit(30) == 2
     assert root.logs().strip().splitlines() == [
-        "sandbox headless: error: the agent never runs as root: run the image as a non-root uid (--user)"]
+        "sandbox headless: error: started as root without the capabilities to run the agent as another uid: give "
+        "the container SETUID, SETGID, SETPCAP, KILL (and nothing else), or run it as a non-root uid"]
 
 
 def test_cloud_run_task_index_picks_a_task_of_the_list(run_agent, remote: Remote) -> None:
@@ -392,6 +400,10 @@ def test_spawn_headless_runs_the_same_mode_on_the_local_engine(env: Env, host_re
     # Started again (its state dir outlived the run): a retry, from the branch it pushed.
     pushed = host_remote.git("rev-parse", "sandbox/hl-1").strip()
     env.ok("start", "hl-1", extra=extra)
+    # (not `wait --until exited` at once: the first run's `exited` is in the state file until the new init's
+    # first write, and on a loaded machine that wait could return before the second run began)
+    wait_for(lambda: docker("logs", "sandbox-hl-1").stdout.count("the agent's turn ended") >= 2, 90,
+             "the second run to end")
     env.ok("wait", "hl-1", "--until", "exited", "--timeout", "90", extra=extra)
     logs = docker("logs", "sandbox-hl-1").stdout
     assert "attempt 1" in logs and f"from the pushed branch sandbox/hl-1 ({pushed[:12]}): resuming" in logs, logs

@@ -39,14 +39,22 @@ def spawn_bash(env: Env, repo: Path, **extra: str) -> str:
     return env.ok("spawn", "--agent-cmd", "bash", cwd=repo, extra=extra or None, timeout=120).out.strip()
 
 
-def background(env: Env, name: str, script: str, tag: str = "plant") -> None:
-    """Run ``script`` in the background inside the agent's container, as the agent (pid in /tmp/<tag>.pid)."""
+def background(env: Env, name: str, script: str, tag: str = "plant", *, owner: bool = False) -> None:
+    """Run ``script`` in the background inside the agent's container, as the agent (pid in /tmp/<tag>.pid).
+    ``owner``: as the state dir's owner instead — the supervisor's (root here); an agent shares that uid
+    when a non-root host user runs it as its own uid, so the host must read what it plants there safely.
+    (As root, the agent itself cannot write the state file: tests/test_hostile_uids.py.)"""
     wrapped = f"echo $$ > /tmp/{tag}.pid; {script}"
-    env.ok("exec", name, "--", "sh", "-c", f"nohup sh -c {shlex.quote(wrapped)} >/dev/null 2>&1 &", timeout=BOUND)
+    argv = ["sh", "-c", f"nohup sh -c {shlex.quote(wrapped)} >/dev/null 2>&1 &"]
+    if owner:
+        subprocess.run(["docker", "exec", f"sandbox-{name}", *argv], check=True, timeout=BOUND)
+    else:
+        env.ok("exec", name, "--", *argv, timeout=BOUND)
 
 
 def halt(env: Env, name: str, tag: str = "plant") -> None:
-    env.ok("exec", name, "--", "sh", "-c", f"kill $(cat /tmp/{tag}.pid)", timeout=BOUND)
+    subprocess.run(["docker", "exec", f"sandbox-{name}", "sh", "-c", f"kill $(cat /tmp/{tag}.pid)"], check=True,
+                   timeout=BOUND)
 
 
 def plant_loop(make: str, target: str) -> str:
@@ -81,18 +89,18 @@ def test_state_symlink_to_a_root_only_host_file_is_not_followed(env: Env, repo: 
     path, marker = secret
     name = spawn_bash(env, repo)
     state_file = env.data / "state" / name / "state.json"
-    background(env, name, plant_loop(f"ln -sfn {path}", "state.json"))
+    background(env, name, plant_loop(f"ln -sfn {path}", "state.json"), owner=True)
     wait_for(lambda: state_file.is_symlink() and os.readlink(state_file) == str(path), 20, "the planted link")
     assert marker in state_file.read_text()  # the attack is real: a host reader that follows links gets the secret
 
     reasons = []
     for _ in range(6):
-        out, row = ls_json(env, repo)  # the light settings (sandbox/lightsettings.py)
+        out, row = ls_json(env, repo)
         assert marker not in out and row["name"] == name
         reasons.append(row["reason"])
         table = env.run("ls", cwd=repo, timeout=BOUND)  # the table
         assert table.code == 0 and marker not in table.out + table.err and name in table.out
-        full = env.run("ls", "--json", "--exec-state", cwd=repo, timeout=BOUND, extra={"SANDBOX_NO_FAST": "1"})
+        full = env.run("ls", "--json", "--exec-state", cwd=repo, timeout=BOUND, extra={"SANDBOX_SERVER": "0"})
         assert full.code == 0 and marker not in full.out + full.err
         time.sleep(0.2)
     # (the agent's own init rewrites the file now and then: the planted link holds most of the time)
@@ -111,9 +119,9 @@ def test_reply_symlink_to_a_root_only_host_file_is_not_followed(env: Env, repo: 
     script = tmp_path / "script.json"
     script.write_text(json.dumps({"turns": [], "default": {"steps": [{"text": "The answer is 42."}]}}))
     name = env.ok("spawn", "--mock-script", str(script), cwd=repo, timeout=120).out.strip()
-    reply = env.data / "state" / name / "reply.txt"
+    reply = env.data / "state" / name / "agent" / "reply.txt"
     # The Stop hook replaces reply.txt at the end of each turn; the loop puts the link back at once.
-    background(env, name, f"cd {STATE} && while :; do [ -L reply.txt ] || {{ ln -sfn {path} .r && "
+    background(env, name, f"cd {STATE}/agent && while :; do [ -L reply.txt ] || {{ ln -sfn {path} .r && "
                           f"mv -fT .r reply.txt; }}; sleep 0.02; done")
     wait_for(lambda: reply.is_symlink(), 20, "the planted link")
     outcomes = []
@@ -131,7 +139,8 @@ def test_fifo_state_file_blocks_no_command(env: Env, repo: Path) -> None:
     name = spawn_bash(env, repo)
     state_file = env.data / "state" / name / "state.json"
     # One plant sticks: the init's own next read of state.json blocks on the FIFO (its problem, in its box).
-    env.ok("exec", name, "--", "sh", "-c", f"cd {STATE} && mkfifo .f && mv -fT .f state.json", timeout=BOUND)
+    subprocess.run(["docker", "exec", f"sandbox-{name}", "sh", "-c", f"cd {STATE} && mkfifo .f && mv -fT .f state.json"],
+                   check=True, timeout=BOUND)  # (as the state dir's owner: see background)
     wait_for(lambda: stat.S_ISFIFO(os.lstat(state_file).st_mode), 10, "the FIFO")
     reason = "state file is not a regular file (a FIFO)"
 
@@ -143,7 +152,7 @@ def test_fifo_state_file_blocks_no_command(env: Env, repo: Path) -> None:
         return res.out
 
     assert json.loads(timed("ls", "--json"))[0]["reason"] == reason
-    assert json.loads(timed("ls", "--json", extra={"SANDBOX_NO_FAST": "1"}))[0]["reason"] == reason
+    assert json.loads(timed("ls", "--json", extra={"SANDBOX_SERVER": "0"}))[0]["reason"] == reason
     assert reason in timed("ls")
     timed("ls", "--exec-state")
     assert timed("exec", name, "--", "echo", "inside").strip() == "inside"
@@ -161,7 +170,7 @@ def test_fifo_state_file_blocks_no_command(env: Env, repo: Path) -> None:
 def test_state_symlink_to_dev_zero_and_a_huge_state_file_are_bounded(env: Env, repo: Path) -> None:
     name = spawn_bash(env, repo)
     state_file = env.data / "state" / name / "state.json"
-    background(env, name, plant_loop("ln -sfn /dev/zero", "state.json"))
+    background(env, name, plant_loop("ln -sfn /dev/zero", "state.json"), owner=True)
     wait_for(lambda: state_file.is_symlink(), 20, "the planted link")
     reasons = []
     for _ in range(4):
@@ -174,7 +183,7 @@ def test_state_symlink_to_dev_zero_and_a_huge_state_file_are_bounded(env: Env, r
 
     big = ("[ -f state.json ] && [ ! -L state.json ] && [ $(stat -c %s state.json) -gt 1000000 ] || "
            "{ head -c 3000000 /dev/zero | tr '\\0' ' ' > .big && mv -fT .big state.json; }")
-    background(env, name, f"cd {STATE} && while :; do {big}; sleep 0.05; done", tag="big")
+    background(env, name, f"cd {STATE} && while :; do {big}; sleep 0.05; done", tag="big", owner=True)
     wait_for(lambda: not state_file.is_symlink() and state_file.stat().st_size > 1_000_000, 20, "the big file")
     reasons = []
     for _ in range(4):
@@ -276,7 +285,7 @@ def test_network_is_made_once_when_spawns_race_and_locked_has_none(env: Env, rep
 
         def go(i: int) -> None:
             # (explicit names: two auto-named spawns at once can both pick bash-1, and the loser fails
-            # with "worktree path already exists" instead of taking the next name)
+            # with "path already exists" instead of taking the next name)
             results[i] = env.run("spawn", "--name", f"race-{i}", "--agent-cmd", "bash", cwd=repo,
                                  extra={"SANDBOX_NETWORK": net}, timeout=120)
 
@@ -294,16 +303,18 @@ def test_network_is_made_once_when_spawns_race_and_locked_has_none(env: Env, rep
         for name in names:
             assert list(docker_json("inspect", f"sandbox-{name}")["NetworkSettings"]["Networks"]) == [net]
 
-        # The engine call itself, four at once. The engine's duplicate-name check is not atomic (here,
-        # four concurrent creates all succeed): everyone settles on the oldest, the others are removed.
+        # The engine call itself, four at once, under the spawns' lock (the engine's duplicate-name
+        # check is not atomic: four concurrent creates can all succeed, and one still being created may
+        # not be listed yet, so without the lock picking the oldest does not always converge).
         got: list[str] = []
+        locks = repo.parent / f"locks-{RUN_ID}"
         start = threading.Barrier(4)
 
         def ensure() -> None:
             mine = Engine()
             mine.networks(direct)  # connected before the race (networks are docker-py's lane)
             start.wait(30)
-            got.append(mine.ensure_network(direct, {"sandbox.managed": "1"}))
+            got.append(mine.ensure_network(direct, {"sandbox.managed": "1"}, lock_dir=locks))
 
         threads = [threading.Thread(target=ensure) for _ in range(4)]
         for t in threads:

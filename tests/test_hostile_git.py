@@ -199,9 +199,10 @@ def test_malformed_objects_are_refused_by_the_hosts_fetch(env: Env, repo: Path, 
 def test_agent_tools_cannot_hang_or_flood_the_host(env: Env, repo: Path) -> None:
     """An export that never answers, or answers without end, is bounded by the host's fetch."""
     name = env.ok("spawn", "--name", f"hang-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
-    # The agent's ~/.gitconfig is read by the export in its container: make every snapshot hang there.
-    sh(env, name, "git config --global filter.slow.clean 'sleep 3600' && printf '* filter=slow\\n' > .gitattributes "
-                  "&& echo x > y.txt")
+    # The export runs in its container as the agent's uid (it reads the agent's files; its ~/.gitconfig no
+    # longer counts): the agent stops it with a signal, from a loop of its own.
+    stopper = "while :; do pkill -STOP -f sandbox[.]inside.*export; sleep 0.05; done"
+    sh(env, name, f"echo x > y.txt && nohup sh -c '{stopper}' >/dev/null 2>&1 &")
     env.env["SANDBOX_SYNC_TIMEOUT"] = "5"
     try:
         code, out = run(env, "diff", name, cwd=repo)
@@ -219,8 +220,9 @@ def test_agent_tools_cannot_hang_or_flood_the_host(env: Env, repo: Path) -> None
 
 
 def test_planted_git_code_never_runs_for_a_non_root_user(unprivileged: Env) -> None:
-    """The agent runs as the invoking user's own uid here, so git's ownership check gives no
-    protection: only the design does (the host never runs git in the agent's repository)."""
+    """A non-root user's host commands never run the agent's planted git code: the design holds (the
+    host never runs git in the agent's repository), whatever git's ownership check would add (the
+    agent has a uid of its own now: AGENT_UID_OFFSET + the user's)."""
     env = unprivileged
     repo = env.root / "repo"
     markers = env.root / "markers"

@@ -1,5 +1,5 @@
 """An idle hook-less agent costs no resident Python: its supervisor parks (an exec of a tiny `sh`,
-see `sandbox.inside.PARK`) and comes back on a tmux hook, the pane's output or a time limit. These
+see `sandbox.inside.supervisor.PARK`) and comes back on a tmux hook, the pane's output or a time limit. These
 check that every behaviour holds across a park (no timing assertions: the cost is measured in
 bench/run.py)."""
 
@@ -16,7 +16,7 @@ from tests.test_status import FAST, docker_json, row
 
 def init_args(container: str) -> str:
     """The command line of the container's supervisor process (tini's child)."""
-    return subprocess.run(["docker", "exec", container, "sh", "-c", "ps -o args= -p $(cat /tmp/sandbox-init.pid)"],
+    return subprocess.run(["docker", "exec", container, "sh", "-c", "ps -o args= -p $(cat /tmp/.sandbox/init.pid)"],
                           capture_output=True, text=True).stdout.strip()
 
 

@@ -140,7 +140,7 @@ def test_default_user_is_not_root(agent_image: str) -> None:
 def test_pid1_is_tini(agent_image: str) -> None:
     out = subprocess.run(["docker", "image", "inspect", agent_image], capture_output=True, text=True, check=True).stdout
     config = json.loads(out)[0]["Config"]
-    assert config["Entrypoint"] == ["/usr/bin/tini", "--", "python3", "-m", "sandbox.inside", "init"]
+    assert config["Entrypoint"] == ["/usr/bin/tini", "--", "/usr/bin/python3", "-P", "-s", "-m", "sandbox.inside", "init"]
     test = config["Healthcheck"]["Test"]
     assert test[:3] == ["CMD", "/bin/sh", "-c"] and "tmux has-session" in test[3] and "python" not in test[3]
     # The entrypoint's tini, as PID 1, with a command in place of `sandbox.inside init`.

@@ -99,3 +99,26 @@ def test_venv_reinstalls_only_when_the_constraints_change(tmp_path: Path) -> Non
 
 def test_setup_installs_through_venv_sh() -> None:
     assert re.search(r"^scripts/venv\.sh \.venv\b", (ROOT / "scripts" / "setup.sh").read_text(), re.M)
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """What the package imports (anywhere, lazily too) is one of its declared dependencies: an import
+    that works only because something else pulled it in breaks with the next release of that thing."""
+    import ast
+    import sys
+
+    declared = {canonicalize_name(r.name) for r in _project_requirements()}
+    providers = md.packages_distributions()
+    missing = set()
+    for path in (ROOT / "sandbox").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top == "sandbox":
+                    continue
+                dists = {canonicalize_name(d) for d in providers.get(top, [top])}
+                if not dists & declared:
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert not missing, f"imported but not declared in pyproject.toml: {sorted(missing)}"

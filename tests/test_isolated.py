@@ -280,5 +280,42 @@ def test_a_runtime_the_engine_lacks_fails_closed(iso: Iso, tmp_path: Path) -> No
                       cwd=repo)
     assert res.code == 2 and "no runtime 'no-such-runtime'" in res.err and len(res.err.strip().splitlines()) == 1
     left = leftovers(iso.env, repo)
-    assert left["containers"] == [] and left["branches"] == [] and not [w for w in left["worktrees"] if "/rt-" in w]
+    assert left["containers"] == [] and left["branches"] == [] and not [w for w in left["workspaces"] if "/rt-" in w]
     assert sh("docker", "network", "ls", "-q", "--filter", f"label=sandbox.run-id={RUN_ID}").split() == nets
+
+
+MODEL_PATH_PROBES = r"""
+import json, socket
+def raw(method, path, body=b"{}"):
+    req = (f"{method} {path} HTTP/1.1\r\nHost: model-proxy\r\nx-api-key: placeholder\r\n"
+           f"content-type: application/json\r\ncontent-length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    out = b""
+    with socket.create_connection(("model-proxy", 8080), timeout=10) as s:
+        s.sendall(req)
+        while chunk := s.recv(65536):
+            out += chunk
+    return out.decode("latin-1").split("\r\n", 1)[0]
+print(json.dumps({p: raw(m, p) for m, p in [
+    ("GET", "/v1/files"), ("POST", "/v1/files"), ("POST", "/v1/messages/batches"), ("GET", "/v1/models"),
+    ("GET", "/v1/messages"), ("POST", "/v1/messages/../files"), ("POST", "/v1/messages/%2e%2e/files"),
+    ("POST", "/v1//files"), ("POST", "/v1/messages/count_tokens?beta=true")]}))
+"""
+
+
+def test_the_model_proxy_refuses_every_other_path_and_netlog_shows_it(iso: Iso) -> None:
+    """Issue 26 item 7: the agent (its uid, `sandbox exec`) asks the model proxy for the provider's other
+    endpoints with the key the proxy would add: nginx refuses them itself (403), the model API never sees
+    them, and netlog names each path. The token count, a model API path, still passes."""
+    before = len(upstream_requests(iso.model))
+    got = json.loads(iso.env.ok("exec", iso.claude, "--", "python3", "-c", MODEL_PATH_PROBES).out)
+    allowed = "/v1/messages/count_tokens?beta=true"
+    assert got.pop(allowed).startswith("HTTP/1.1 200"), got
+    assert all(status.startswith("HTTP/1.1 403") for status in got.values()), got
+    seen = [r["path"] for r in upstream_requests(iso.model)[before:]]
+    assert seen == [allowed], seen  # (the scripted server records POSTs: the refused ones never came)
+    rows = [r for r in iso.env.ok("netlog", iso.claude, "--json").json() if r["proxy"] == "model"]
+    denied = {(r["method"], r["path"]) for r in rows if r["decision"] == "denied" and r["code"] == 403}
+    assert {("GET", "/v1/files"), ("POST", "/v1/files"), ("POST", "/v1/messages/batches"), ("GET", "/v1/models"),
+            ("GET", "/v1/messages"), ("POST", "/v1/messages/../files")} <= denied, rows
+    assert ("POST", allowed, "allowed") in {(r["method"], r["path"], r["decision"]) for r in rows}
+    assert "/v1/files" in iso.env.ok("netlog", iso.claude).out

@@ -34,6 +34,7 @@ def test_wait_any_returns_the_first_agent_that_needs_you_and_runs_notify(env: En
     out = tmp_path / "notified"
     (repo / ".sandbox.toml").write_text(
         "notify = " + json.dumps(f"sh -c 'echo \"$SANDBOX_AGENT $SANDBOX_STATE $SANDBOX_BRANCH\" > {out}'") + "\n")
+    env.ok("trust", cwd=repo)  # notify applies from a trusted repository file only (tests/test_hostile_config.py)
     env.ok("spawn", "--agent-cmd", "bash", "--name", "w-1", cwd=repo)
     env.ok("spawn", "--agent-cmd", "bash", "--name", "w-2", cwd=repo)
     none = env.run("wait", "--any", "--until", "waiting", "--timeout", "1", cwd=repo)
@@ -55,6 +56,7 @@ def test_wait_any_returns_the_first_agent_that_needs_you_and_runs_notify(env: En
     both = env.run("wait", "w-1", "--any", cwd=repo)
     assert both.code == 2 and "name an agent, or pass --any" in both.err
     (repo / ".sandbox.toml").write_text('notify = "unclosed \'quote"\n')
+    env.ok("trust", cwd=repo)
     bad = env.run("wait", "w-2", "--until", "waiting", "--notify", "--timeout", "5", cwd=repo)
     assert bad.code == 2 and bad.err.startswith("sandbox: error: invalid setting notify="), bad.err
 

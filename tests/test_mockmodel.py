@@ -227,7 +227,7 @@ def test_main_ready_file_and_log(tmp_path: pathlib.Path) -> None:
         assert ask(int(ready.read_text()), [user("you")])["content"][0]["text"] == "hi you"
         [line] = log.read_text().splitlines()
         assert json.loads(line) == {"path": "/v1/messages?beta=true", "model": "claude-sonnet-x",
-                                    "messages": 1, "prompts": ["you"], "answer": "text:hi you",
+                                    "messages": 1, "prompts": ["you"], "tool_results": [], "answer": "text:hi you",
                                     "usage": {"input_tokens": ANY_COUNT, "output_tokens": ANY_COUNT}}
     finally:
         proc.terminate()

@@ -71,8 +71,10 @@ def test_warm_spawn_claims_a_pool_container_and_the_pool_tops_up(env: Env, repo:
         cold = _inspect("sandbox-cold")
         assert cold["Id"] != c["Id"] and "sandbox.pool" not in cold["Config"]["Labels"]
         assert {k: cold["HostConfig"].get(k) for k in SECURITY} == warm_hc
-        assert cold["Config"]["User"] == c["Config"]["User"] != "0:0"
-        slot_dir = Path(out["worktree"]).parent
+        # (both start as root, their supervisor's; the agent's uid is the same in both)
+        assert cold["Config"]["User"] == c["Config"]["User"] == "0:0"
+        assert cold["Config"]["Labels"]["sandbox.uid"] == c["Config"]["Labels"]["sandbox.uid"] != "0"
+        slot_dir = Path(out["workspace"]).parent
         assert slot_dir.is_dir() and (slot_dir / "claim.json").is_file()
         env.ok("rm", "--force", "warm", "cold", cwd=repo)
         assert not slot_dir.exists(), "rm left the warm agent's slot behind"

@@ -102,6 +102,11 @@ def test_compose_file() -> None:
     assert agent["read_only"] is True and any(t.startswith("/tmp") for t in agent["tmpfs"])
     assert any(t.startswith(contract.STATE_MOUNT) for t in agent["tmpfs"]), "sandbox ls reads the state there"
     assert agent["cap_drop"] == ["ALL"] and agent["mem_limit"] and agent["restart"] == "no"
+    # The init is the supervisor (root, its four capabilities alone): it holds the token and pushes; the agent
+    # runs as SANDBOX_AGENT_UID (issue 26, item 6).
+    assert agent["user"] == "0:0" and agent["cap_add"] == list(contract.SUPERVISOR_CAPS)
+    assert agent["security_opt"] == ["no-new-privileges:true"]
+    assert agent["environment"]["SANDBOX_AGENT_UID"] == "${SANDBOX_UID:-1000}:${SANDBOX_GID:-1000}"
     env = {k: v for k, v in agent["environment"].items()}
     assert set(agent["secrets"]) == set(compose["secrets"]) and all("file" in v for v in compose["secrets"].values())
     check_env(env, ["/run/secrets"])  # (Compose mounts each secret at /run/secrets/NAME)
@@ -114,6 +119,9 @@ def test_compose_file() -> None:
     known = {v for k, v in vars(L).items() if k.isupper() and isinstance(v, str) and v.startswith(L.PREFIX)}
     assert set(labels) <= known
     assert (ROOT / ".env").read_text().count("COMPOSE_PROJECT_NAME=compose") == 1
+    from sandbox.engine import LOG_CONFIG  # bounded like every container sandbox creates
+
+    assert agent["logging"] == {"driver": LOG_CONFIG["Type"], "options": LOG_CONFIG["Config"]}
 
 
 def test_compose_replica_names() -> None:
@@ -153,6 +161,7 @@ def test_configure_refuses_bad_input() -> None:
     assert "must not carry credentials" in refused(SANDBOX_REPO="https://u:secret@git.example/a.git")
     assert "must not carry credentials" in refused(SANDBOX_REPO="https://tok@git.example/a.git")
     assert "unsupported scheme" in refused(SANDBOX_REPO="ftp://git.example/a.git")
+    assert "SANDBOX_REPO is not set" in refused(SANDBOX_REPO="")  # (compose.yaml passes an unset one as empty)
     assert "no task" in refused(SANDBOX_TASK="")
     assert "not a valid branch name" in refused(SANDBOX_PUSH_BRANCH="a..b")
     assert "not a number" in refused(SANDBOX_RETRIES="many")
@@ -178,6 +187,30 @@ def test_task_lists_and_claims(tmp_path: Path) -> None:
         H.claim(str(claims), 2, "c")
     cfg = configure(SANDBOX_TASK="", SANDBOX_TASKS_FILE=str(lines), SANDBOX_TASK_CLAIMS=str(claims), SANDBOX_NAME="b")
     assert (cfg.index, cfg.task, cfg.branch) == (1, "second", "sandbox/task-1")
+
+
+def test_agent_uid_is_never_root() -> None:
+    assert configure().agent == contract.HEADLESS_AGENT == (1000, 1000)
+    assert configure(SANDBOX_AGENT_UID="4242").agent == (4242, 4242)
+    assert configure(SANDBOX_AGENT_UID="4242:100").agent == (4242, 100)
+    for bad in ("0", "0:0", "4242:0", "agent", "-1"):
+        assert "SANDBOX_AGENT_UID" in refused(SANDBOX_AGENT_UID=bad), bad
+
+
+def test_spawn_headless_spec_is_supervised(tmp_path: Path) -> None:
+    """``spawn --headless``: the container starts as root with the supervisor's capabilities alone, the agent
+    as the request's uid (``SANDBOX_AGENT_UID``), the token a root-only file."""
+    from sandbox import agents
+    from sandbox.spawn import spec
+
+    req = spec.HeadlessRequest(name="hl", agent=agents.build("claude", None, "t", None), model=None, task="t",
+                               repo_url="https://git.example/a.git", branch="sandbox/hl", base=None, image_id="img",
+                               image_ref="img", uid=4242, gid=4343, created="2026-12-03T00:00:00+00:00",
+                               state_dir=tmp_path, git_token="s3cr3t-tok")
+    made = spec.build_headless(req)
+    assert made.supervised and made.container_user == (0, 0) and made.user == (4242, 4343)
+    assert made.env["SANDBOX_AGENT_UID"] == "4242:4343" and "s3cr3t" not in str(made.env)
+    assert made.files()["git-token"] == (b"s3cr3t-tok\n", 0o400)
 
 
 def test_credential_helper_reads_the_file_at_each_use(tmp_path: Path) -> None:

@@ -109,6 +109,25 @@ def test_generated_configs_are_one_directive_per_line() -> None:
         assert line.count(";") <= 2 and "\n" not in line and "\r" not in line
 
 
+def test_model_proxy_passes_only_the_model_api_paths_with_the_key() -> None:
+    """Each allowed path is an exact location that sends that very path upstream, for its one method;
+    the key is included there only; every other path is refused by nginx itself (403), never forwarded."""
+    for upstream in ("https://api.anthropic.com", "http://model.test:8642"):
+        conf = proxy.nginx_conf(proxy.parse_upstream(upstream), clients=["10.9.0.0/16"])
+        blocks = re.findall(r"\n        location (.*?) \{\n(.*?)\n        \}", conf, re.S)
+        assert [b[0] for b in blocks] == ["= /v1/messages", "= /v1/messages/count_tokens", "/"]
+        assert proxy.MODEL_PATHS == (("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens"))
+        for (method, path), (_, body) in zip(proxy.MODEL_PATHS, blocks):
+            assert f"limit_except {method} {{ deny all; }}" in body
+            assert f"proxy_pass $sandbox_upstream{path}$is_args$args;" in body
+            assert f"include {proxy.CREDENTIAL_CONF};" in body
+        last = blocks[-1][1]
+        assert "return 403" in last and "proxy_pass" not in last and "include" not in last
+        assert conf.count(f"include {proxy.CREDENTIAL_CONF};") == len(proxy.MODEL_PATHS)
+        assert conf.count("proxy_pass") == len(proxy.MODEL_PATHS)
+        assert "$request_method $status $request_length $bytes_sent $request_uri'" in conf  # the path is logged
+
+
 def test_a_hand_made_allowed_entry_is_validated_again() -> None:
     for bad in (Allowed("a.com\nhttp_access allow all"), Allowed("a.com all"), Allowed("x.com", 0)):
         with pytest.raises(ProxyConfigError):
@@ -200,7 +219,9 @@ def test_netlog_parser() -> None:
         "sandbox-netlog/1 1764620000.123 172.30.0.3 CONNECT registry.test 443 TCP_TUNNEL 200 512 4096",
         "sandbox-netlog/1 1764620001.000 172.30.0.3 GET other.test 80 TCP_DENIED 403 120 3900",
         "sandbox-netlog/1 1764620002.5 172.30.0.3 NONE - - NONE_NONE 400 33 0",
-        "sandbox-model/1 1764620003.250 172.30.0.3 POST 200 1800 950",
+        "sandbox-model/1 1764620003.250 172.30.0.3 POST 200 1800 950 /v1/messages?beta=true",
+        "sandbox-model/1 1764620003.5 172.30.0.3 GET 403 90 200 /v1/files/" + "a" * 5000,  # cut, kept
+        "sandbox-model/1 1764620003.6 172.30.0.3 POST 200 1800 950",  # the old format: not a record
         "2026/12/01 20:47:54| Starting Squid Cache version 5.7",   # diagnostics: not a record
         "sandbox-netlog/1 1764620004.0 172.30.0.3 GET evil.test 80 TCP_MISS 200 1 2 extra",  # spoiled: skipped
         "sandbox-netlog/1 notatime 172.30.0.3 GET a 80 TCP_MISS 200 1 2",
@@ -214,7 +235,10 @@ def test_netlog_parser() -> None:
         ("denied", "GET", "other.test", 80, 403, "egress"),
         ("error", "NONE", "-", None, 400, "egress"),
         ("allowed", "POST", "api.anthropic.com", 443, 200, "model"),
+        ("denied", "GET", "api.anthropic.com", 443, 403, "model"),
     ]
+    assert [r.path for r in records[3:]] == ["/v1/messages?beta=true", "/v1/files/" + "a" * 190 + "..."]
+    assert records[0].path == "-"
     assert records[0].time == pytest.approx(1764620000.123) and (records[0].bytes_in, records[0].bytes_out) == (512, 4096)
     assert json.loads(json.dumps(records[1].as_dict()))["status"] == "TCP_DENIED"
 

@@ -65,7 +65,10 @@ def test_claude_resumes_its_conversation_after_restart_retry_and_container_death
     assert turn(env, name, "third prompt") == ["first task", "second prompt", "third prompt"]
 
     # 3. the container's init dies (the container with it): the engine starts it again, resumed
-    subprocess.run(["docker", "exec", container, "pkill", "-KILL", "-f", "sandbox.inside init"], check=True)
+    # (pkill's own exec dies with the container when it is quick to stop: 137 then, not a failure)
+    killed = subprocess.run(["docker", "exec", container, "pkill", "-KILL", "-f", "sandbox.inside init"],
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode in (0, 137), killed
     came_back(4, "the container died")
     assert turn(env, name, "fourth prompt") == ["first task", "second prompt", "third prompt", "fourth prompt"]
     # the task was never given again: every conversation the model saw starts with it, once

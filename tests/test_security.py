@@ -23,11 +23,11 @@ def test_secrets_reach_the_agent_but_not_inspect_or_logs(env: Env, repo: Path) -
     extra = {"ANTHROPIC_API_KEY": SECRET, "OPENAI_API_KEY": SECRET + "-openai"}
     name = env.ok("spawn", "--agent-cmd", "bash", cwd=repo, extra=extra).out.strip()
     env.ok("send", name, "printenv ANTHROPIC_API_KEY > key.txt; printenv OPENAI_API_KEY >> key.txt")
-    worktree = Path(env.ok("ls", "--json", cwd=repo).json()[0]["worktree"])
-    wait_for(lambda: (worktree / "key.txt").exists() and len((worktree / "key.txt").read_text().splitlines()) == 2,
+    workspace = Path(env.ok("ls", "--json", cwd=repo).json()[0]["workspace"])
+    wait_for(lambda: (workspace / "key.txt").exists() and len((workspace / "key.txt").read_text().splitlines()) == 2,
              20, "the agent to see its keys")
-    assert (worktree / "key.txt").read_text() == f"{SECRET}\n{SECRET}-openai\n"
-    (worktree / "key.txt").unlink()
+    assert (workspace / "key.txt").read_text() == f"{SECRET}\n{SECRET}-openai\n"
+    (workspace / "key.txt").unlink()
 
     container = f"sandbox-{name}"
     assert SECRET not in docker("inspect", container)
@@ -52,7 +52,11 @@ def test_agent_is_unprivileged_and_has_no_socket_or_home(env: Env, repo: Path) -
     assert not any("docker.sock" in s for s in sources)
     assert not any(s in (str(Path.home()), env.env["HOME"]) for s in sources)
     assert info["HostConfig"]["Privileged"] is False
-    assert info["Config"]["User"] not in ("", "0", "root", "0:0")
+    # The container's own user is root (its supervisor) with only the supervisor's capabilities; the
+    # agent runs as its uid with none (the exec above, and the pane: tests/test_hostile_uids.py).
+    assert info["Config"]["User"] == "0:0" and info["HostConfig"]["CapDrop"] == ["ALL"]
+    assert sorted(info["HostConfig"]["CapAdd"]) == ["CAP_KILL", "CAP_SETGID", "CAP_SETPCAP", "CAP_SETUID"] or \
+        sorted(info["HostConfig"]["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID"]
     # PID 1 is an init (tini), so signals and zombies are handled.
     assert "tini" in env.ok("exec", name, "--", "cat", "/proc/1/cmdline").out
     env.ok("rm", name)
@@ -93,23 +97,41 @@ def test_sandbox_host_git_calls_do_not_run_repo_hooks(env: Env, repo: Path, tmp_
     assert not marker.exists()
 
 
-def test_non_root_user_agent_runs_as_that_user_and_commits(unprivileged: Env) -> None:
+def test_non_root_user_agent_runs_as_a_uid_of_its_own_and_commits(unprivileged: Env) -> None:
+    """A non-root user's agent runs as AGENT_UID_OFFSET + the user's uid: its workspace and git dir are
+    that uid's (never the user's: git's ownership check refuses them for the user), its commits reach
+    the user's branch, and ``rm`` deletes what the user could not (a container as the agent's uid)."""
+    from sandbox.config import AGENT_UID_OFFSET
+
     env = unprivileged
     repo = env.root / "repo"
     user = pwd.getpwnam(TEST_USER)
-    name = env.ok("spawn", "--agent-cmd", "bash", cwd=repo).out.strip()
+    agent_uid, agent_gid = AGENT_UID_OFFSET + user.pw_uid, AGENT_UID_OFFSET + user.pw_gid
+    spawned = env.ok("spawn", "--agent-cmd", "bash", cwd=repo)
+    name = spawned.out.strip()
+    assert "worktree:" not in spawned.err and "/workspaces/" not in spawned.out + spawned.err
     info = json.loads(docker("inspect", f"sandbox-{name}"))[0]
-    assert info["Config"]["User"] == f"{user.pw_uid}:{user.pw_gid}"
+    labels = info["Config"]["Labels"]  # (the container's user is its root supervisor; the agent a uid of its own)
+    assert info["Config"]["User"] == "0:0" and (labels["sandbox.uid"], labels["sandbox.gid"]) == (
+        str(agent_uid), str(agent_gid))
+    assert env.ok("exec", name, "--", "id", "-u").out.strip() == str(agent_uid)
     res = env.run("exec", name, "--", "sh", "-c", "echo hi > mine.txt && git add mine.txt && git commit -qm by-agent")
     assert res.code == 0, res.err
-    worktree = Path(env.ok("ls", "--json", cwd=repo).json()[0]["worktree"])
-    assert (worktree / "mine.txt").stat().st_uid == user.pw_uid
+    row = env.ok("ls", "--json", cwd=repo).json()[0]
+    workspace, agent_git = Path(row["workspace"]), Path(labels["sandbox.agent-git"])
+    assert (workspace / "mine.txt").stat().st_uid == agent_uid
+    for top in (workspace, agent_git, Path(labels["sandbox.state-dir"]) / "agent"):
+        st = top.stat()
+        assert (st.st_uid, st.st_gid) == (agent_uid, agent_gid), top
+    assert all(p.stat().st_mode & 0o777 == 0o711 for p in (workspace, agent_git))
+    listing = subprocess.run(["runuser", "-u", TEST_USER, "--", "ls", str(workspace)], capture_output=True, text=True)
+    assert listing.returncode != 0  # (the user cannot even list it)
     out = subprocess.run(["runuser", "-u", TEST_USER, "--", "git", "-C", str(repo), "log", "-1", "--format=%s",
                           f"sandbox/{name}"], capture_output=True, text=True)
     assert out.stdout.strip() == "by-agent", out.stderr
     assert env.run("rm", name, cwd=repo).code == 5  # unmerged work: refused
-    env.ok("rm", "--force", name, cwd=repo)  # backed up by the non-root user, then removed
-    assert not worktree.exists()
+    env.ok("rm", "--force", name, cwd=repo)  # backed up by the non-root user, then removed (as the agent's uid)
+    assert not workspace.exists() and not agent_git.exists() and not Path(labels["sandbox.state-dir"]).exists()
 
 
 def test_locked_profile_has_no_network_and_a_read_only_root(env: Env, repo: Path) -> None:
@@ -120,7 +142,7 @@ def test_locked_profile_has_no_network_and_a_read_only_root(env: Env, repo: Path
     interfaces = env.ok("exec", name, "--", "cat", "/proc/net/dev").out.splitlines()[2:]
     assert [line.split(":")[0].strip() for line in interfaces] == ["lo"]
     assert env.run("exec", name, "--", "touch", "/etc/planted").code != 0
-    # The worktree stays writable and git still commits onto the host's branch.
+    # The workspace stays writable and git still commits onto the host's branch.
     res = env.run("exec", name, "--", "sh", "-c", "echo x > f.txt && git add f.txt && git commit -qm locked-commit")
     assert res.code == 0, res.err
     env.ok("ls", cwd=repo)  # any sandbox command brings the agent's commits over

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from sandbox import contract, labels as L, spec
+from sandbox import contract, labels as L
+from sandbox.spawn import spec
 from sandbox.agents import AgentSpec
 from sandbox.tmux import LocalExecutor, Tmux
 from tests.conftest import Env
@@ -51,7 +52,7 @@ def test_default_profile_spec() -> None:
     assert s.network == spec.Network("sandbox-net", isolated=True) and not s.read_only_root
     assert s.limits == spec.Limits(memory=4 * 1024**3, nano_cpus=2_000_000_000, pids=1024)
     assert s.labels[L.RUN_ID] == "r1" and s.labels[L.AGENT_GIT] == str(WS.agent_git)
-    assert s.labels[L.WORKTREE] == str(WS.path) and s.labels[L.RETRIES] == "3"
+    assert s.labels[L.WORKSPACE] == str(WS.path) and s.labels[L.RETRIES] == "3"
     assert s.labels[L.SCHEMA_KEY] == L.SCHEMA and s.labels[L.MANAGED] == "1"
     # The secret is only in the files copied in, never in labels, env or the launch document.
     assert SECRET not in json.dumps(s.labels) + json.dumps(s.env) + s.launch.to_json()
@@ -158,6 +159,8 @@ def test_contract_tmux_paste_is_one_literal_paste() -> None:
     assert contract.tmux_paste("=s:", "x", buffer="b", enter=False)[-1] == "=s:"
     assert contract.tmux_paste("=s:", "", buffer="b") == ["send-keys", "-t", "=s:", "Enter"]
     assert contract.tmux_paste("=s:", "", buffer="b", enter=False) == []
+    paste = contract.tmux_paste_file("=s:", "/f", buffer="b")
+    assert paste[:5] == ["load-buffer", "-b", "b", "/f", ";"] and paste[5:] == argv[6:]  # (the same paste after)
 
 
 def test_engine_translates_a_spec_into_dockers_wording(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +175,12 @@ def test_engine_translates_a_spec_into_dockers_wording(monkeypatch: pytest.Monke
     assert hc["NetworkMode"] == "none" and hc["ReadonlyRootfs"] is True and hc["Memory"] == 4 * 1024**3
     assert hc["Mounts"] == [{"Target": contract.LAUNCH_DIR, "Type": "volume"}]
     assert hc["RestartPolicy"] == {"Name": "unless-stopped"}  # back after an engine restart; the init bounds it
-    assert f"{WS.path / '.git'}:{WS.path / '.git'}:ro" in seen["binds"] and seen["user"] == "1000:1000"
+    # the container (its supervisor) as root with only the supervisor's capabilities; the agent's uid in
+    # the launch document (its pane runs as that, with none)
+    assert f"{WS.path / '.git'}:{WS.path / '.git'}:ro" in seen["binds"] and seen["user"] == "0:0"
+    assert hc["CapAdd"] == ["SETUID", "SETGID", "SETPCAP", "KILL"]
+    built = spec.build(request(profile="locked"), WS)
+    assert (built.launch.uid, built.launch.gid) == built.user == (1000, 1000) and built.supervised
     seen.clear()
     engine.create_from(spec.build(request(), WS), "net-id")
     assert seen["host_config"]["NetworkMode"] == "net-id" and "ReadonlyRootfs" not in seen["host_config"]
@@ -207,16 +215,19 @@ def test_task_limits() -> None:
 
 
 def test_host_and_inside_type_the_same_paste(tmp_path: Path) -> None:
-    """The host's driver and the contract's argv builder type the same, byte-exact."""
+    """The host's driver and the contract's argv builders (the init's typed task: from a file) type the
+    same, byte-exact."""
     sock = f"sbx-spec-{tmp_path.name[-8:]}"
     ex = LocalExecutor(("-L", sock))
+    (tmp_path / "typed").write_text("three;")
     try:
         ex.run(["tmux", "new-session", "-d", "-s", "p", "-x", "80", "-y", "10", "cat"])
         Tmux(ex, "p").send("one;")
         ex.run(["tmux", *contract.tmux_paste(contract.tmux_target("p"), "two;", buffer="x")])
+        ex.run(["tmux", *contract.tmux_paste_file(contract.tmux_target("p"), str(tmp_path / "typed"), buffer="y")])
         from tests.conftest import wait_for
 
-        wait_for(lambda: "two;" in Tmux(ex, "p").capture(), 10, "both pastes")
+        wait_for(lambda: "three;" in Tmux(ex, "p").capture(), 10, "the three pastes")
         out = Tmux(ex, "p").capture()
         assert out.count("one;") >= 1 and out.count("two;") >= 1 and "\\;" not in out
     finally:
@@ -228,8 +239,10 @@ NOT_SPAWN = {  # settings that do not shape a spawned container, and why
     "base_image": "image build only", "cache_dir": "image build only", "claude_sdk_version": "image build only",
     "ready_timeout": "how long spawn waits", "queue_timeout": "how long --queue waits",
     "max_agents": "admission, not the container", "sync_timeout": "reading work later",
-    "notify": "run by top / wait --notify on the host",
+    "max_sync_bytes": "reading work later (test_hostile_sync.py)", "max_blob_bytes": "reading work later",
+    "notify": "run by top / wait --notify on the host", "ntfy_url": "where notify_url = ntfy:TOPIC posts (host)", "mcp": "sandbox mcp's policy, read by its tools (test_mcp.py)",
     "secret_env": "names of variables (checked by test_security)", "secrets": "masked values",
+    "repo_file": "the repository file's trust, not a setting (tests/test_trust.py)",
     "mock_model": "decides the launch document's mock_model (checked below)",
     "agent": "overridden here by --agent-cmd (the claude label: test_e2e.py)",
     "runtime": "unset here: the engine has only runc (a missing one: test_isolated.py)",
@@ -237,6 +250,12 @@ NOT_SPAWN = {  # settings that do not shape a spawned container, and why
     "egress_network": "isolated profile only (test_isolated.py)",
     "engine": "local here (the swarm backend: test_swarm.py)", "swarm_network": "swarm backend only (test_swarm.py)",
     "image_registry": "swarm backend only (image push-to-nodes)",
+    "trusted_filters": "host git drivers allowed on agent content (diff, merge, apply, restore; test_hostile_review.py)",
+    "server": "how commands run on the host (test_server.py)", "server_idle": "the command server's idle exit (test_server.py)",
+    "notify_url": "the webhook of wait --notify, top and the command server's watcher (test_workday.py)",
+    "setup": "[setup] run (the launch document's setup) and copy (the workspace): test_setup.py",
+    "toolchain": "None here: the [toolchain] image of a repository is test_toolchain.py's",
+    "port_range": "which host ports spawn picks for `ports` (test_workday.py)",
 }
 
 
@@ -250,7 +269,8 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
              "SANDBOX_IDLE_TIMEOUT": "1800", "SANDBOX_MEMORY": "1g", "SANDBOX_CPUS": "1.5",
              "SANDBOX_PIDS_LIMIT": "512", "SANDBOX_MODEL": "opus", "SANDBOX_AGENT_UID": "61001",
              "SANDBOX_AGENT_GID": "61002", "SANDBOX_MOCK_MODEL": "off", "SANDBOX_NOFILE": "2048",
-             "SANDBOX_MAX_COST": "5", "SANDBOX_PRICES": '{"claude-*": {"input": 2, "output": 8}}'}
+             "SANDBOX_MAX_COST": "5", "SANDBOX_PRICES": '{"claude-*": {"input": 2, "output": 8}}',
+             "SANDBOX_PORTS": "[3000]"}
     (repo / ".sandbox.toml").write_text('profile = "default"\nagent = "claude"\n')
     shown = env.ok("config", "show", cwd=repo, extra=extra).json()
     name = env.ok("spawn", "--agent-cmd", "bash", "--name", "cfg-1", cwd=repo, extra=extra).out.strip()
@@ -265,11 +285,14 @@ def test_every_setting_config_show_reports_is_what_spawn_used(env: Env, repo: Pa
             "max_time": float(labels[L.MAX_TIME]), "idle_timeout": float(labels[L.IDLE_TIMEOUT]),
             "memory": "1g" if hc["Memory"] == 1024**3 else hc["Memory"], "cpus": hc["NanoCpus"] / 1e9,
             "pids_limit": hc["PidsLimit"], "run_id": labels[L.RUN_ID],
-            "agent_uid": int(info["Config"]["User"].split(":")[0]), "agent_gid": int(info["Config"]["User"].split(":")[1]),
+            "agent_uid": launch["uid"], "agent_gid": launch["gid"],  # (the container's own user: root, its supervisor)
             "data_dir": str(Path(labels[L.STATE_DIR]).parent.parent),
             "network": next(iter(info["NetworkSettings"]["Networks"])),
             "nofile": next(u["Hard"] for u in hc["Ulimits"] if u["Name"] == "nofile"),
             "max_cost": float(labels[L.MAX_COST]), "prices": launch["prices"][0],  # (the setting's layer first)
+            "disk": "10g" if labels[L.DISK] == str(10 * 1024**3) else labels[L.DISK],
+            "objects": labels[L.OBJECTS],
+            "ports": sorted(int(k.split("/")[0]) for k in hc.get("PortBindings") or {}),  # (no host port chosen)
         }
         assert launch["mock_model"] is False and shown["mock_model"] == "off"
         for key, value in shown.items():

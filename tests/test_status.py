@@ -93,18 +93,23 @@ def test_policy_retries_transient_then_reraises_the_original() -> None:
 
 def test_inside_backoff_is_exponential_jittered_and_capped() -> None:
     sys.path.insert(0, str(ROOT))
-    from sandbox import inside
+    from sandbox.inside import supervisor
 
     for n, full in ((1, 1.0), (2, 2.0), (3, 4.0), (10, 30.0)):
         for _ in range(20):
-            d = inside.backoff(n, 1.0)
+            d = supervisor.backoff(n, 1.0)
             assert 0.5 * full <= d <= full
 
 
 def _hook(state_dir: Path, event: str, payload: dict) -> dict:
+    """A hook run (as the agent: it writes only its report), then the supervisor's merge of that report
+    into the state file; the state file."""
     env = {**os.environ, "SANDBOX_STATE_DIR": str(state_dir), "PYTHONPATH": str(ROOT)}
+    (state_dir / "agent").mkdir(exist_ok=True)
     subprocess.run([sys.executable, "-m", "sandbox.inside", "hook", event], input=json.dumps(payload),
                    text=True, env=env, check=True, timeout=30)
+    subprocess.run([sys.executable, "-c", "from sandbox.inside.supervisor import merge_report; merge_report()"],
+                   env=env, check=True, timeout=30)
     return json.loads((state_dir / "state.json").read_text())
 
 
@@ -124,7 +129,7 @@ def test_hook_mapping(tmp_path: Path) -> None:
     assert _hook(tmp_path, "PreToolUse", {"tool_name": "Bash"})["state"] == "busy"
     st = _hook(tmp_path, "Stop", {"transcript_path": str(transcript), "stop_hook_active": False})
     assert st["state"] == "idle" and st["stops"] == 1 and st["prompts"] == 1
-    assert (tmp_path / "reply.txt").read_text() == "Answer."
+    assert (tmp_path / "agent" / "reply.txt").read_text() == "Answer."
     st = _hook(tmp_path, "Notification", {"message": "Claude needs your permission to use Bash",
                                           "notification_type": "permission_prompt"})
     assert st["state"] == "waiting" and "permission" in st["notification"]
@@ -227,7 +232,7 @@ def test_fails_twice_then_succeeds(env: Env, repo: Path) -> None:
     assert [(h["attempt"], h["exit_code"]) for h in history] == [(1, 1), (2, 1), (3, 0)]
     out = env.ok("logs", name).out
     assert "attempt-3" in out  # the same pane (earlier attempts' screens are kept best-effort only)
-    assert (Path(r["worktree"]) / ".attempts").read_text().strip() == "3"
+    assert (Path(r["workspace"]) / ".attempts").read_text().strip() == "3"
     env.ok("rm", "--force", name)
 
 
@@ -271,8 +276,9 @@ def test_killed_agent_and_killed_container(env: Env, repo: Path) -> None:
         row(env, name)), 60, "attempt 2")
     assert r["agent_state"]["history"][-1]["exit_code"] == 137
 
-    # 2. The container's main process dies: the engine's restart policy starts it again, attempt 3.
-    env.run("exec", name, "--", "pkill", "-KILL", "-f", "sandbox.inside init")
+    # 2. The container's main process dies (killed from the host: the agent's uid cannot signal it, see
+    # tests/test_hostile_uids.py): the engine's restart policy starts it again, attempt 3.
+    subprocess.run(["docker", "exec", container, "pkill", "-KILL", "-f", "sandbox.inside init"], check=True)
     wait_for(lambda: row(env, name)["attempt"] == 3, 90, "attempt 3 after the container restart")
     assert docker_json(container)["RestartCount"] == 1
     wait_for(lambda: row(env, name)["state"] in ("busy", "idle"), 60, "ready after the container restart")
@@ -296,8 +302,8 @@ def test_time_limits_stop_the_agent_and_keep_the_work(env: Env, repo: Path) -> N
     assert env.ok("wait", name, "--until", "exited", "--timeout", "90").out.strip() == "stopped"
     r = row(env, name)
     assert r["reason"] == "max-time 3s reached" and r["engine_state"] == "running"
-    worktree = Path(r["worktree"])
-    assert (worktree / "wip.txt").read_text() == "work\n"
+    workspace = Path(r["workspace"])
+    assert (workspace / "wip.txt").read_text() == "work\n"
     assert "wip.txt" in env.ok("diff", name, "--uncommitted", "--stat").out  # kept, uncommitted
     assert env.ok("wait", idle, "--until", "exited", "--timeout", "90").out.strip() == "stopped"
     assert row(env, idle)["reason"] == "idle-timeout 3s reached"
@@ -361,10 +367,11 @@ def test_a_failure_after_a_stable_run_restarts_at_once_a_crash_loop_backs_off(tm
                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     sys.path.insert(0, str(ROOT))
     from sandbox import contract, inside
+    from sandbox.inside.supervisor import Supervisor
 
     monkeypatch.setattr(inside, "STATE", str(tmp_path / "state.json"))
-    sup = inside.Supervisor(contract.Launch(name="a", session="a", argv=["false"], workdir="/tmp", retries=3,
-                                            backoff=1.0, stable_after=60.0))
+    sup = Supervisor(contract.Launch(name="a", session="a", argv=["false"], workdir="/tmp", retries=3,
+                                     backoff=1.0, stable_after=60.0))
     sup.attempt, sup.attempt_t0 = 1, time.time() - 120  # it ran for two minutes, then failed
     assert sup.on_exit(1) == 0.0
     assert json.loads((tmp_path / "state.json").read_text())["state"] == "starting"

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox import contract
+
 from tests.conftest import RUN_ID, Env, git, make_env, make_repo, wait_for
 
 pytestmark = pytest.mark.slow
@@ -141,7 +143,14 @@ def test_a_shell_agent_on_the_swarm_is_listed_reached_and_brought_back(cluster: 
         task = service["TaskTemplate"]
         assert service["Labels"]["sandbox.name"] == "sw-sh" and task["ContainerSpec"]["Labels"]["sandbox.backend"] == "swarm"
         assert task["RestartPolicy"]["Condition"] == "on-failure" and task["ContainerSpec"]["ReadOnly"] is True
-        assert task["ContainerSpec"]["CapabilityDrop"] == ["ALL"] and task["ContainerSpec"]["User"] != "0:0"
+        # The task starts as root with the supervisor's capabilities alone: it reads the secrets (root's, 0400)
+        # and pushes; the agent runs as SANDBOX_AGENT_UID with none (issue 26, item 6).
+        spec_ = task["ContainerSpec"]
+        assert spec_["CapabilityDrop"] == ["ALL"] and spec_["User"] == "0:0"
+        assert spec_["CapabilityAdd"] == list(contract.SUPERVISOR_CAPS)
+        agent_uid = next(e for e in spec_["Env"] if e.startswith("SANDBOX_AGENT_UID=")).split("=", 1)[1]
+        assert not agent_uid.startswith("0")
+        assert {(s["File"]["UID"], s["File"]["Mode"]) for s in spec_["Secrets"]} == {("0", 0o400)}
         assert task["Resources"]["Limits"]["Pids"] == 1024 and task["Resources"]["Limits"]["MemoryBytes"] == 4 * 1024**3
         assert TOKEN not in json.dumps(service)  # the token is a Swarm secret
         assert [s["File"]["Name"] for s in task["ContainerSpec"]["Secrets"]] == ["git-token"]

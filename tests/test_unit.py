@@ -109,6 +109,9 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (repo / ".sandbox.toml").write_text('image = "from-repo"\nmodel = "repo-model"\n')
     monkeypatch.setenv("XDG_CONFIG_HOME", str(cfg))
     monkeypatch.delenv("SANDBOX_IMAGE", raising=False)
+    from sandbox import configfiles
+
+    configfiles.trust(repo)  # `image` applies from a repository file the user trusted (tests/test_trust.py)
     s = load_settings(repo)
     assert (s.image, s.agent, s.model) == ("from-repo", "codex", "repo-model")
     monkeypatch.setenv("SANDBOX_IMAGE", "from-env")
@@ -160,6 +163,27 @@ def test_every_command_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for path in _commands():
         assert f"sandbox {' '.join(path)}" in readme, f"README does not document `sandbox {' '.join(path)}`"
+
+
+def test_the_cli_package_is_groups_over_one_common_module() -> None:
+    """``sandbox/cli/``: each group module imports ``common`` alone of the package (no cycle, no group
+    reaching into another), none is over ~500 lines, and each imports alone."""
+    import ast
+    import importlib
+
+    pkg = Path(__file__).resolve().parent.parent / "sandbox" / "cli"
+    for f in sorted(pkg.glob("*.py")):
+        text = f.read_text()
+        assert len(text.splitlines()) <= 500, f"{f.name}: {len(text.splitlines())} lines"
+        if f.name == "__init__.py":
+            continue
+        ours = {n.module for n in ast.walk(ast.parse(text)) if isinstance(n, ast.ImportFrom) and n.module
+                and n.module.startswith("sandbox.cli")}
+        assert ours <= ({"sandbox.cli.common"} if f.name != "common.py" else set()), (f.name, ours)
+        probe = f"import sandbox.cli.{f.stem}"
+        res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        assert res.returncode == 0, (probe, res.stderr)
+    assert importlib.import_module("sandbox.cli").app is importlib.import_module("sandbox.cli.common").app
 
 
 # -- files the agent writes for the host (sandbox/agentfiles.py) --------------------------------------
@@ -245,7 +269,7 @@ def test_state_that_is_not_an_object_counts_as_missing(raw: bytes, reason: str) 
 
 def test_hostile_state_values_cannot_break_ls(tmp_path: Path) -> None:
     from sandbox import agentfiles
-    from sandbox.manager import Sandbox, _read_state
+    from sandbox.snapshot import Sandbox, read_state as _read_state
 
     hostile = {"state": "idle\x1b[2J\x07", "reason": "r" * 5000, "attempt": "many", "exit_code": 1e300,
                "stops": True, "ts": 1e308, "activity": -5, "since": "x", "failures": [1], "extra": {"kept": 1}}
@@ -257,12 +281,13 @@ def test_hostile_state_values_cannot_break_ls(tmp_path: Path) -> None:
     sb = Sandbox("a", "id", "sandbox-a", {"sandbox.worktree": "/w"}, "running", "Up", state)
     out = sb.to_json()
     assert out["state"] == "idle?[2J?" and out["attempt"] == 0 and out["activity"] is None
+    assert out["workspace"] == out["worktree"] == "/w" == str(sb.workspace)  # (both keys: "worktree" is its first name)
 
 
 def test_unreadable_state_file_is_a_reason_on_the_snapshot(tmp_path: Path) -> None:
     import os
 
-    from sandbox.manager import Sandbox, _read_state
+    from sandbox.snapshot import Sandbox, read_state as _read_state
 
     assert _read_state(str(tmp_path)) == {}  # not written yet: no reason, still "starting"
     os.mkfifo(tmp_path / "state.json")
@@ -295,14 +320,15 @@ def test_reply_is_read_safely_and_the_exec_fallback_is_bounded(tmp_path: Path) -
 
     secret, marker = _secret_file(tmp_path)
     state_dir = tmp_path / "state"
-    state_dir.mkdir()
     sb = Sandbox("a", "cid", "sandbox-a", {"sandbox.state-dir": str(state_dir)}, "running", "Up")
+    state_dir = state_dir / "agent"  # (the agent's side of its state dir: reply.txt is there)
+    state_dir.mkdir(parents=True)
     mgr = types.SimpleNamespace(engine=_FakeEngine(b"from the container"))
     mgr.read_in = lambda sb, argv: mgr.engine.exec_retried(sb.container_id, argv)
     # No local file (a remote engine): one bounded exec inside the container.
     assert waiting._reply(mgr, sb) == "from the container"  # type: ignore[arg-type]
     argv = mgr.engine.calls[-1]
-    assert argv[:3] == ["timeout", "-s", "KILL"] and "head" in argv and str(agentfiles.REPLY_CAP + 1) in argv
+    assert argv[:3] == ["/usr/bin/timeout", "-s", "KILL"] and "/usr/bin/head" in argv and str(agentfiles.REPLY_CAP + 1) in argv
     mgr.engine = _FakeEngine(b"z" * (agentfiles.REPLY_CAP + 1))
     with pytest.raises(AgentError, match="larger than 1 MiB"):
         waiting._reply(mgr, sb)  # type: ignore[arg-type]
@@ -351,7 +377,7 @@ def test_terminal_defang_shows_control_characters() -> None:
 def test_gc_takes_only_settled_proxies_of_agents_that_are_gone() -> None:
     import time as _time
 
-    from sandbox.workspace import work
+    from sandbox import gc
 
     old, now = _time.time() - 3600, _time.time()
     dropped: list[str] = []
@@ -364,7 +390,7 @@ def test_gc_takes_only_settled_proxies_of_agents_that_are_gone() -> None:
                   {"Labels": {"sandbox.proxy-of": "gone-1"}, "Created": "2020-01-01T00:00:00.123456789Z"},
                   {"Labels": {"sandbox.proxy-of": "alive-1"}, "Created": old},
                   {"Labels": {"sandbox.proxy-of": "spawning-1"}, "Created": now}]
-    actions = work._gc_proxies(Mgr(), {"alive-1"}, candidates)  # type: ignore[arg-type]
+    actions = gc._gc_proxies(Mgr(), {"alive-1"}, candidates)  # type: ignore[arg-type]
     assert [(a.kind, a.target) for a in actions] == [("proxy", "gone-1")]
     actions[0].run()
     assert dropped == ["gone-1"]

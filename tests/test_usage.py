@@ -48,7 +48,7 @@ def test_bad_setting_from_env_or_file_is_a_usage_error(cli: Env, tmp_path: Path)
     one_usage_line(cli.run("config", "show", extra={"SANDBOX_RETRIES": "many"}), "retries", "many")
     repo = make_repo(tmp_path / "repo")
     (repo / ".sandbox.toml").write_text("retries = [\n")  # not TOML
-    for argv in (["ls", "--json"], ["ls"], ["config", "show"]):  # light settings and full Settings alike
+    for argv in (["ls", "--json"], ["ls"], ["config", "show"]):
         one_usage_line(cli.run(*argv, cwd=repo), str(repo / ".sandbox.toml"))
 
 

@@ -26,7 +26,7 @@ def uniq(prefix: str) -> str:
 def spawn(env: Env, repo: Path, prefix: str) -> tuple[str, Path]:
     name = env.ok("spawn", "--name", uniq(prefix), "--agent-cmd", "bash", cwd=repo).out.strip()
     row = [r for r in env.ok("ls", "--json", cwd=repo).json() if r["name"] == name][0]
-    return name, Path(row["worktree"])
+    return name, Path(row["workspace"])
 
 
 def sh(env: Env, name: str, script: str) -> str:
@@ -57,7 +57,7 @@ def state(repo: Path, env: Env) -> dict[str, object]:
     refs = git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
     copies = ("refs/heads/sandbox/", "refs/sandbox/wip/")
     refs = [r.split()[0] if r.startswith(copies[0]) else r for r in refs if not r.startswith(copies[1])]
-    return {"containers": sorted(ids), "refs": refs, "worktrees": wts,
+    return {"containers": sorted(ids), "refs": refs, "workspaces": wts,
             "registered": git(repo, "worktree", "list", "--porcelain"),
             "admin": sorted(p.name for p in (repo / ".git" / "worktrees").glob("*"))}
 
@@ -343,3 +343,78 @@ def test_claude_commit_then_diff_merge_rm(env: Env, repo: Path) -> None:
     assert (repo / "SANDBOX_TASK.md").read_text() == "# Task\n\nwrite the task file\n"
     env.ok("rm", name)  # squash-merged: no --force needed
     assert not exists(f"sandbox-{name}")
+
+
+def test_workspace_signature_sees_every_change_and_follows_no_link(tmp_path: Path) -> None:
+    """The snapshot a `diff` shows is taken again whenever anything in the workspace changed: an edit of
+    the same size, a chmod, a rename, a new or removed file, a `touch -d` that sets the time back. Links
+    are not followed; a tree too large, or changed too recently, has no signature (always a snapshot)."""
+    import time
+
+    from sandbox.workspace import sync
+
+    ws = tmp_path / "ws"
+    (ws / "src").mkdir(parents=True)
+    (ws / "src" / "a.py").write_text("a = 1\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ws / "link").symlink_to(outside)
+    old = time.time() - 60
+    for path in (ws / "src" / "a.py", ws / "src", ws):
+        os.utime(path, (old, old), follow_symlinks=False)
+
+    def settled() -> str:
+        time.sleep(sync.SETTLED_NS / 1e9 + 0.05)
+        return sync.tree_signature(ws)
+
+    first = settled()
+    assert first and settled() == first  # (nothing changed: the same)
+    (outside / "big").write_bytes(b"x" * 10000)  # (behind a link: not the workspace's)
+    assert settled() == first
+    changes = [
+        lambda: (ws / "src" / "a.py").write_text("a = 2\n"),                 # the same size
+        lambda: os.chmod(ws / "src" / "a.py", 0o600),
+        lambda: os.utime(ws / "src" / "a.py", (old, old)),                   # the time set back
+        lambda: (ws / "src" / "a.py").rename(ws / "src" / "b.py"),
+        lambda: (ws / "new.txt").write_text(""),
+        lambda: (ws / "new.txt").unlink(),
+    ]
+    seen = {first}
+    for change in changes:
+        change()
+        now = settled()
+        assert now and now not in seen, change
+        seen.add(now)
+    (ws / "fresh").write_text("just now")
+    assert sync.tree_signature(ws) == ""  # (changed under SETTLED_NS ago)
+    assert sync.tree_signature(tmp_path / "missing") == ""
+
+
+@pytest.mark.slow
+def test_diff_of_an_unchanged_agent_reuses_its_snapshot_and_a_change_is_never_missed(env: Env, repo: Path) -> None:
+    import time
+
+    from sandbox.workspace import sync
+
+    name = env.ok("spawn", "--name", f"snap-{uuid.uuid4().hex[:6]}", "--agent-cmd", "bash", cwd=repo).out.strip()
+    try:
+        env.ok("exec", name, "--", "sh", "-c", "echo one > notes.txt", cwd=repo)
+        time.sleep(sync.SETTLED_NS / 1e9 + 0.2)
+        first = env.ok("diff", name, cwd=repo).out
+        assert "+one" in first
+        wip = git(repo, "rev-parse", f"refs/sandbox/wip/{name}").strip()
+        mark = env.data / "sync" / f"{name}.snapshot"
+        assert mark.is_file()  # (the workspace as the snapshot saw it)
+        taken = mark.stat().st_mtime_ns
+        assert env.ok("diff", name, cwd=repo).out == first  # unchanged: the same review, from the snapshot
+        assert mark.stat().st_mtime_ns == taken  # (no export ran: it would have written the mark again)
+        assert git(repo, "rev-parse", f"refs/sandbox/wip/{name}").strip() == wip
+        env.ok("exec", name, "--", "sh", "-c", "echo two > notes.txt", cwd=repo)  # (same size)
+        got = env.ok("diff", name, cwd=repo).out  # (changed just now: no signature, a fresh snapshot)
+        assert "+two" in got and "+one" not in got
+        time.sleep(sync.SETTLED_NS / 1e9 + 0.2)
+        env.ok("exec", name, "--", "sh", "-c", "echo six > notes.txt && touch -d '2000-01-01' notes.txt", cwd=repo)
+        time.sleep(sync.SETTLED_NS / 1e9 + 0.2)
+        assert "+six" in env.ok("diff", name, cwd=repo).out  # (a change with its time set back: seen)
+    finally:
+        env.run("rm", "-f", name, cwd=repo)

@@ -1,21 +1,9 @@
 """The one module that talks to the Docker engine: :class:`Engine`, and one error mapper.
 
-Two lanes, chosen by what the call is (never by what happened to be imported before):
-
-* **plain HTTP** on the engine's local unix socket — no docker-py, no requests (importing them
-  costs ~100 ms, more than the call): the calls that are one small request each and that the hot
-  commands (``ls``, ``logs``, ``send``) and ``spawn`` make: list, inspect (container, image), create
-  (the Engine API's own JSON, written once for both lanes in ``_create``), ``put_archive``, network
-  lists, exec, logs, start, stop, rename, signal, remove. Only when the engine is a local socket
-  without TLS (``DOCKER_HOST`` unset or ``unix://``).
-* **docker-py** (its low-level ``APIClient``, imported lazily, one connection pool for the life of
-  the process): the calls where it does real work — network create/remove, the proxies' create,
-  build (tar context, streamed progress), tag; and every call when the engine is not a local socket
-  (``tcp://``, ``ssh://``, TLS).
-
-Both lanes raise through :func:`engine_error` (HTTP status + the engine's message →
-``sandbox.errors``): the same engine answer is the same error whichever lane carried it. No
-docker-py object leaves this module.
+docker-py's low-level ``APIClient`` (imported lazily, one connection pool for the life of the process:
+in the command server, the life of a command's fork), for every call on every kind of engine (a local
+socket, ``tcp://``, ``ssh://``, TLS). Its errors go through :func:`engine_error` (HTTP status + the
+engine's message → ``sandbox.errors``). No docker-py object leaves this module.
 """
 
 from __future__ import annotations
@@ -24,20 +12,28 @@ import contextlib
 import json
 import os
 import re
-import socket
-import urllib.parse
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sandbox.engine import retry
+from sandbox import contract
 from sandbox.contract import CommandResult
 from sandbox.errors import Conflict, EngineError, EngineUnavailable, ImageMissing, NotFound, SandboxError
 
+# The log of every container sandbox creates (agents, pool slots, proxies, swarm tasks; compose.yaml says the
+# same): the agent can write to its init's stdout, and Docker's own default json-file log has no bound. The
+# `local` driver keeps at most max-file compressed files of max-size each; `docker logs` reads it as usual.
+LOOPBACK = "127.0.0.1"  # where an agent's published ports are bound on the host (never all addresses)
+LOG_CONFIG: dict[str, Any] = {"Type": "local", "Config": {"max-size": "10m", "max-file": "3"}}
+
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import docker
 
     from sandbox.proxy import ProxyContainer
-    from sandbox.spec import ContainerSpec
+    from sandbox.spawn.spec import ContainerSpec
 
 # A 404 about an image (docker-py's ImageNotFound matches the same texts).
 _NO_SUCH_IMAGE = re.compile(r"no such image|repository does not exist|no pull access", re.IGNORECASE)
@@ -45,7 +41,7 @@ _NO_SUCH_IMAGE = re.compile(r"no such image|repository does not exist|no pull ac
 
 def engine_error(what: str, status: int | None, message: str) -> SandboxError:
     """The error for an engine's answer: its HTTP ``status`` and message (``status`` None: no answer,
-    the engine could not be reached — ``message`` says why). The one mapping, for both lanes."""
+    the engine could not be reached — ``message`` says why). The one mapping."""
     message = message.strip()
     if status is None:
         return EngineUnavailable(f"{what}: cannot reach the Docker engine ({message})")
@@ -60,7 +56,7 @@ def engine_error(what: str, status: int | None, message: str) -> SandboxError:
 
 @contextlib.contextmanager
 def _docker_py(what: str) -> Iterator[None]:
-    """The docker-py lane's errors (and requests') through :func:`engine_error`."""
+    """docker-py's errors (and requests') through :func:`engine_error`."""
     import docker.errors
     import requests.exceptions
 
@@ -106,6 +102,14 @@ def context_host(name: str | None = None) -> str | None:
     return str(host) if host else None
 
 
+def _context_tls(name: str) -> bool:
+    """Whether Docker context ``name`` has TLS material in the CLI's store (only whether: docker-py reads it)."""
+    import hashlib
+
+    config = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return os.path.isdir(os.path.join(config, "contexts", "tls", hashlib.sha256(name.encode()).hexdigest()))
+
+
 def engine_address() -> str:
     """Where this process's engine is: ``$DOCKER_HOST``, else ``$DOCKER_CONTEXT``'s, else the local socket."""
     return os.environ.get("DOCKER_HOST") or context_host() or "unix:///var/run/docker.sock"
@@ -118,126 +122,66 @@ def remote_engine() -> str | None:
     return None if address.startswith(("unix://", "npipe://")) else address
 
 
-def _local_socket(base_url: str | None) -> str | None:
-    """The engine's unix socket path when it is a plain local one (no TLS), else None."""
-    if base_url is None:
-        if os.environ.get("DOCKER_TLS_VERIFY") or os.environ.get("DOCKER_CERT_PATH"):
-            return None
-        base_url = engine_address()
-    return base_url[len("unix://"):] if base_url.startswith("unix://") else None
-
-
-def _request(sock_path: str, method: str, path: str, what: str, timeout: float,
-             body: dict[str, Any] | None = None, *, tar: bytes | None = None) -> tuple[dict[str, str], bytes]:
-    """One request on the engine's unix socket (the plain-HTTP lane): HTTP/1.0, so the engine answers
-    unchunked and closes the connection. The body: JSON, or a ``tar`` archive. The answer's headers
-    (lower-case names) and body."""
-    data = json.dumps(body).encode() if body is not None else (tar or b"")
-    head = f"{method} {path} HTTP/1.0\r\nHost: docker\r\nContent-Length: {len(data)}\r\n"
-    if body is not None:
-        head += "Content-Type: application/json\r\n"
-    elif tar is not None:
-        head += "Content-Type: application/x-tar\r\n"
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(sock_path)
-            conn.sendall(head.encode() + b"\r\n" + data)
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-    except OSError as e:
-        raise engine_error(what, None, f"{type(e).__name__}: {e}") from e
-    raw_head, _, payload = b"".join(chunks).partition(b"\r\n\r\n")
-    lines = raw_head.decode("latin-1").split("\r\n")
-    try:
-        status = int(lines[0].split(" ", 2)[1])
-    except (IndexError, ValueError) as e:  # not an engine's answer at all (no status to map)
-        raise EngineError(f"{what}: unreadable answer from the engine: {raw_head[:80]!r}") from e
-    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
-    if status >= 400:
-        try:
-            message = str(json.loads(payload).get("message", ""))
-        except (ValueError, AttributeError):
-            message = payload.decode("utf-8", "replace")
-        raise engine_error(what, status, message)
-    return headers, payload
-
-
-def _json(payload: bytes, what: str) -> Any:
-    try:
-        return json.loads(payload)
-    except ValueError as e:
-        raise EngineError(f"{what}: unreadable answer from the engine") from e
-
-
-def _frames(stream: bytes) -> list[tuple[int, bytes]]:
-    """The engine's multiplexed stream (8-byte frame headers: stream 1 stdout, 2 stderr) as
-    (stream, data) in order."""
-    frames, i = [], 0
-    while i + 8 <= len(stream):
-        kind, size = stream[i], int.from_bytes(stream[i + 4:i + 8], "big")
-        frames.append((kind, stream[i + 8:i + 8 + size]))
-        i += 8 + size
-    return frames
-
-
-def _demux(stream: bytes) -> tuple[bytes, bytes]:
-    """Split a multiplexed exec stream into stdout and stderr."""
-    frames = _frames(stream)
-    return (b"".join(d for k, d in frames if k != 2), b"".join(d for k, d in frames if k == 2))
-
-
-def _is_multiplexed(headers: dict[str, str], stream: bytes) -> bool:
-    """Engines before API 1.42 call every log stream raw: a frame header at the start tells."""
-    if headers.get("content-type") == "application/vnd.docker.multiplexed-stream":
-        return True
-    return len(stream) >= 8 and stream[0] in (0, 1, 2) and stream[1:4] == b"\0\0\0"
-
-
-def _q(ref: str) -> str:
-    return urllib.parse.quote(ref, safe="/:@")
-
-
 class Engine:
-    """The calls `sandbox` makes to the engine, typed; each one on its lane (see the module doc)."""
+    """The calls `sandbox` makes to the engine, typed (see the module doc)."""
 
-    def __init__(self, base_url: str | None = None, timeout: int = 60, *, plain_http: bool = True) -> None:
-        """``plain_http=False``: docker-py for every call, even on a local socket (tests compare the lanes)."""
+    def __init__(self, base_url: str | None = None, timeout: int = 60, *, context: str | None = None) -> None:
+        """``context``: that Docker context's engine (its address and its TLS material), e.g. a swarm node's."""
+        self._context = context
+        if base_url is None:  # a context's address: the one named, else the current one ($DOCKER_HOST wins)
+            base_url = context_host(context) if context else None if os.environ.get("DOCKER_HOST") else context_host()
         self._base_url = base_url
-        self._sock = _local_socket(base_url) if plain_http else None  # None: no plain-HTTP lane
         self._timeout = timeout
-        self._api: docker.APIClient | None = None
+        self._apis: dict[float, docker.APIClient] = {}
 
-    def _client(self) -> docker.APIClient:
-        """The docker-py lane (connects on first use)."""
-        if self._api is None:
+    def _client(self, timeout: float | None = None) -> docker.APIClient:
+        """docker-py's client (connects on first use): ``$DOCKER_HOST`` (with ``DOCKER_TLS_VERIFY`` and
+        ``DOCKER_CERT_PATH``), else the Docker context's endpoint through docker-py's own ``ContextAPI`` —
+        its TLS certificates too (a context's ``Host`` alone would dial a TLS engine without them).
+        ``timeout``: another bound on each request than the engine's (``stats``): a client of its own."""
+        timeout = self._timeout if timeout is None else timeout
+        if timeout not in self._apis:
             import docker
+            from docker.context import ContextAPI
 
             with _docker_py("connect"):
-                base_url = self._base_url or (None if os.environ.get("DOCKER_HOST") else context_host())
-                if base_url:
-                    self._api = docker.APIClient(base_url=base_url, timeout=self._timeout, version="auto",
-                                                 use_ssh_client=base_url.startswith("ssh://"))
+                kwargs: dict[str, Any] = {}
+                if self._context is not None or not os.environ.get("DOCKER_HOST"):
+                    kwargs = ContextAPI.kwargs_from_context(self._context)
+                    name = self._context or os.environ.get("DOCKER_CONTEXT")
+                    if not kwargs and name and context_host(name) and _context_tls(name):
+                        # (docker-py finds contexts beside the CLI's config.json only; without TLS material
+                        # the context's address is all there is, and _base_url has it)
+                        from sandbox.errors import UsageError
+
+                        raise UsageError(f"docker-py cannot read the TLS certificates of Docker context {name!r}: "
+                                         "it looks for contexts only beside the docker CLI's config.json",
+                                         hint="create it: echo '{}' > ${DOCKER_CONFIG:-~/.docker}/config.json")
+                if self._base_url and kwargs.get("base_url") != self._base_url:
+                    kwargs = {"base_url": self._base_url}
+                if kwargs.get("tls"):
+                    # The context's own CA: requests lets $REQUESTS_CA_BUNDLE replace a session's CA for each
+                    # request unless the session ignores the environment — so no "auto" version lookup
+                    # before that is set.
+                    from docker.constants import MINIMUM_DOCKER_API_VERSION
+
+                    api = docker.APIClient(**kwargs, timeout=timeout, version=MINIMUM_DOCKER_API_VERSION)
+                    api.trust_env = False
+                    api._version = api._retrieve_server_version()
+                elif kwargs:
+                    api = docker.APIClient(**kwargs, timeout=timeout, version="auto",
+                                           use_ssh_client=str(kwargs["base_url"]).startswith("ssh://"))
                 else:
-                    self._api = docker.from_env(timeout=self._timeout, version="auto").api
-        return self._api
+                    api = docker.from_env(timeout=timeout, version="auto").api
+                self._apis[timeout] = api
+        return self._apis[timeout]
 
-    def _http(self, method: str, path: str, what: str, body: dict[str, Any] | None = None,
-              timeout: float | None = None, *, tar: bytes | None = None) -> tuple[dict[str, str], bytes]:
-        assert self._sock is not None
-        return _request(self._sock, method, path, what, self._timeout if timeout is None else timeout, body,
-                        tar=tar)
-
-    # -- containers (plain HTTP on a local socket) ----------------------------------------------
+    # -- containers ----------------------------------------------------------------------------
     def list_containers(self, labels: list[str], *, all: bool = True) -> list[dict[str, Any]]:
         """One engine call: containers matching every ``key`` or ``key=value`` label filter."""
         what = "list containers"
 
         def once() -> list[dict[str, Any]]:
-            if self._sock is not None:
-                query = urllib.parse.urlencode({"all": int(all), "filters": json.dumps({"label": labels})})
-                return list(_json(self._http("GET", f"/containers/json?{query}", what)[1], what))
             with _docker_py(what):
                 return list(self._client().containers(all=all, filters={"label": labels}))
 
@@ -245,8 +189,6 @@ class Engine:
 
     def _inspect(self, ref: str) -> dict[str, Any]:
         what = f"inspect {ref}"
-        if self._sock is not None:
-            return dict(_json(self._http("GET", f"/containers/{_q(ref)}/json", what)[1], what))
         with _docker_py(what):
             return dict(self._client().inspect_container(ref))
 
@@ -255,23 +197,40 @@ class Engine:
         found = retry.call(retry.READS, self._inspect, ref)
         return dict((found.get("NetworkSettings") or {}).get("Networks") or {})
 
+    def inspect(self, ref: str) -> dict[str, Any]:
+        """The container as the engine describes it (``docker inspect``: HostConfig, Mounts, networks,
+        GraphDriver, State): what ``sandbox doctor`` proves from outside. Read-only, retried."""
+        return retry.call(retry.READS, self._inspect, ref)
+
+    def top(self, ref: str) -> list[int]:
+        """The host PIDs of a running container's processes (the engine's ``top``)."""
+        what = f"top of {ref}"
+
+        def once() -> dict[str, Any]:
+            with _docker_py(what):
+                return dict(self._client().top(ref))
+
+        answer = retry.call(retry.READS, once)
+        titles = [str(t) for t in answer.get("Titles") or []]
+        if "PID" not in titles:
+            return []
+        col = titles.index("PID")
+        return [int(row[col]) for row in answer.get("Processes") or [] if str(row[col]).isdigit()]
+
+    def inspect_network(self, ref: str) -> dict[str, Any]:
+        """A network as the engine describes it (``Internal``, ``Options``, ``IPAM``…); read-only."""
+        return self._inspect_network(ref)
+
     def start(self, ref: str) -> None:
         def once() -> None:
-            if self._sock is not None:
-                self._http("POST", f"/containers/{_q(ref)}/start", f"start {ref}")  # (304: running already)
-                return
             with _docker_py(f"start {ref}"):
-                self._client().start(ref)
+                self._client().start(ref)  # (304: running already)
 
         retry.call(retry.LIFECYCLE, once)
 
     def stop(self, ref: str, timeout: int = 10) -> None:
         def once() -> None:
-            if self._sock is not None:  # (304: stopped already)
-                self._http("POST", f"/containers/{_q(ref)}/stop?t={int(timeout)}", f"stop {ref}",
-                           timeout=self._timeout + timeout)
-                return
-            with _docker_py(f"stop {ref}"):
+            with _docker_py(f"stop {ref}"):  # (304: stopped already; docker-py waits the engine's timeout + timeout)
                 self._client().stop(ref, timeout=timeout)
 
         retry.call(retry.LIFECYCLE, once)
@@ -279,18 +238,12 @@ class Engine:
     def rename(self, ref: str, name: str) -> None:
         """Give a container another name (atomic at the engine: Conflict when another holds it)."""
         what = f"rename {ref} to {name}"
-        if self._sock is not None:
-            self._http("POST", f"/containers/{_q(ref)}/rename?{urllib.parse.urlencode({'name': name})}", what)
-            return
         with _docker_py(what):
             self._client().rename(ref, name)
 
     def signal(self, ref: str, signame: str) -> None:
         """Send a signal to a running container's main process (``docker kill --signal``)."""
         what = f"signal {ref}"
-        if self._sock is not None:
-            self._http("POST", f"/containers/{_q(ref)}/kill?signal={_q(signame)}", what)
-            return
         with _docker_py(what):
             self._client().kill(ref, signal=signame)
 
@@ -299,11 +252,8 @@ class Engine:
         is in progress, is not an error."""
         what = f"remove {ref}"
         try:
-            if self._sock is not None:
-                self._http("DELETE", f"/containers/{_q(ref)}?force={int(force)}&v=1", what)
-            else:
-                with _docker_py(what):
-                    self._client().remove_container(ref, force=force, v=True)
+            with _docker_py(what):
+                self._client().remove_container(ref, force=force, v=True)
         except NotFound:
             pass
         except (Conflict, EngineError) as e:  # "removal of container ... is already in progress" (409)
@@ -314,15 +264,6 @@ class Engine:
              workdir: str | None = None) -> CommandResult:
         """Run argv (never a shell string) in a running container and collect its output."""
         what = f"exec in {ref}"
-        if self._sock is not None:  # three small requests
-            spec: dict[str, Any] = {"AttachStdout": True, "AttachStderr": True, "Cmd": argv, "User": user or ""}
-            if workdir:
-                spec["WorkingDir"] = workdir
-            exec_id = str(_json(self._http("POST", f"/containers/{_q(ref)}/exec", what, spec)[1], what)["Id"])
-            _, stream = self._http("POST", f"/exec/{exec_id}/start", what, {"Detach": False, "Tty": False})
-            code = _json(self._http("GET", f"/exec/{exec_id}/json", what)[1], what).get("ExitCode")
-            out, err = _demux(stream)
-            return CommandResult(int(code if code is not None else -1), out, err)
         with _docker_py(what):
             api = self._client()
             ex = api.exec_create(ref, argv, stdout=True, stderr=True, user=user or "", workdir=workdir)
@@ -330,20 +271,14 @@ class Engine:
             code = api.exec_inspect(ex["Id"])["ExitCode"]
         return CommandResult(int(code if code is not None else -1), out or b"", err or b"")
 
-    def exec_retried(self, ref: str, argv: list[str]) -> CommandResult:
+    def exec_retried(self, ref: str, argv: list[str], *, user: str | None = None) -> CommandResult:
         """An exec that only reads (cat, capture-pane): safe to repeat, so retried on transient errors."""
-        return retry.call(retry.READS, self.exec, ref, argv)
+        return retry.call(retry.READS, self.exec, ref, argv, user=user)
 
     def logs(self, ref: str, tail: int | None = 100, *, stderr: bool = True) -> str:
         """The container's last ``tail`` lines of output (None: all; stdout and, unless not
         ``stderr``, stderr, in order)."""
         what = f"logs of {ref}"
-        if self._sock is not None:
-            query = f"stdout=1&stderr={int(stderr)}&tail={'all' if tail is None else int(tail)}"
-            headers, stream = self._http("GET", f"/containers/{_q(ref)}/logs?{query}", what)
-            if _is_multiplexed(headers, stream):
-                stream = b"".join(data for _, data in _frames(stream))
-            return stream.decode("utf-8", "replace")
         with _docker_py(what):
             return bytes(self._client().logs(ref, stderr=stderr, tail="all" if tail is None else tail)
                          ).decode("utf-8", "replace")
@@ -353,12 +288,8 @@ class Engine:
         (its collector samples every second) without the one before it (``precpu_stats`` empty: CPU %
         needs two of these); else it waits for two samples (~2 s) and gives both (``docker stats
         --no-stream``)."""
-        what = f"stats of {ref}"
-        if self._sock is not None:
-            path = f"/containers/{_q(ref)}/stats?stream=0" + ("&one-shot=1" if one_shot else "")
-            return dict(_json(self._http("GET", path, what, timeout=timeout)[1], what))
-        with _docker_py(what):
-            return dict(self._client().stats(ref, stream=False, one_shot=True if one_shot else None))
+        with _docker_py(f"stats of {ref}"):
+            return dict(self._client(timeout).stats(ref, stream=False, one_shot=True if one_shot else None))
 
     def stats_many(self, refs: list[str], *, workers: int = 8, timeout: float = 10.0,
                    one_shot: bool = True) -> dict[str, dict[str, Any] | None]:
@@ -389,57 +320,42 @@ class Engine:
         or the engine closes the stream. One long request; re-list after it ends (events replay
         only recent history)."""
         wanted = {"type": ["container"], "label": labels, "event": list(actions)}
-        filters = json.dumps(wanted)
-        query = urllib.parse.urlencode({"filters": filters, **({"since": f"{since:.3f}"} if since else {})})
-        if self._sock is None:
+        import docker.errors
+        import requests.exceptions
+
+        with _docker_py("container events"):
+            stream = self._client().events(decode=True, filters=wanted, since=f"{since:.3f}" if since else None)
+            try:  # (docker-py's stream would end quietly on a refusal: the engine's answer is its error)
+                stream._response.raise_for_status()
+            except requests.exceptions.HTTPError as e:
+                stream.close()
+                docker.errors.create_api_error_from_http_exception(e)
+        done = threading.Event()
+
+        def watch() -> None:  # docker-py's way to end a blocked stream: close() from another thread
+            while not done.wait(1.0):
+                if stop():
+                    stream.close()
+                    return
+
+        threading.Thread(target=watch, name="events-stop", daemon=True).start()
+        try:
             with _docker_py("container events"):
-                stream = self._client().events(decode=True, filters=wanted, since=int(since) if since else None)
-            try:
                 for event in stream:
                     if stop():
                         return
                     yield dict(event)
-            finally:
-                stream.close()
-            return
-        try:
-            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.settimeout(1.0)
-            conn.connect(self._sock)
-            conn.sendall(f"GET /events?{query} HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-        except OSError as e:
-            raise engine_error("container events", None, f"{type(e).__name__}: {e}") from e
-        buf, head_done = b"", False
-        with conn:
-            while not stop():
-                try:
-                    chunk = conn.recv(65536)
-                except socket.timeout:
-                    continue
-                except OSError:
-                    return
-                if not chunk:
-                    return
-                buf += chunk
-                if not head_done:
-                    if b"\r\n\r\n" not in buf:
-                        continue
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    if b" 200 " not in head.split(b"\r\n", 1)[0] + b" ":
-                        raise engine_error("container events", None, head.split(b"\r\n", 1)[0].decode("latin-1"))
-                    head_done = True
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    if line.strip():
-                        try:
-                            yield dict(json.loads(line))
-                        except (ValueError, TypeError):
-                            continue
+        finally:
+            done.set()
+            stream.close()
 
     @staticmethod
-    def cli_exec(ref: str, argv: list[str], *, stdin: bool = True) -> list[str]:
+    def cli_exec(ref: str, argv: list[str], *, stdin: bool = True, user: str | None = None,
+                 env: dict[str, str] | None = None) -> list[str]:
         """The docker CLI's argv for an exec whose standard streams are a pipe (e.g. a git transport)."""
-        return ["docker", "exec", *(["-i"] if stdin else []), "--workdir", "/", ref, *argv]
+        env_args = [a for k, v in (env or {}).items() for a in ("-e", f"{k}={v}")]
+        return ["docker", "exec", *(["-i"] if stdin else []), *(["--user", user] if user else []), *env_args,
+                "--workdir", "/", ref, *argv]
 
     @staticmethod
     def cli_run_reader(image: str, user: str, binds: list[tuple[str, str]], argv: list[str],
@@ -449,12 +365,39 @@ class Engine:
         no network, no capabilities, read-only root, a small /tmp, removed when it ends."""
         out = ["docker", "run", "--rm", "-i", "--network", "none", "--cap-drop", "ALL",
                "--security-opt", "no-new-privileges:true", "--read-only", "--tmpfs", "/tmp:rw,nosuid,nodev,size=2g",
-               "--pids-limit", "256", "--user", user, "--entrypoint", argv[0], "--workdir", "/tmp"]
+               "--pids-limit", "256", "--user", user, "--entrypoint", argv[0], "--workdir", "/tmp",
+               "--log-driver", "none"]  # (its output is the pack the caller reads: never kept in a log too)
         for key, value in labels.items():
             out += ["--label", f"{key}={value}"]
         for src, dst in binds:
             out += ["--mount", f"type=bind,source={src},target={dst},readonly"]
         return [*out, image, *argv[1:]]
+
+    @staticmethod
+    def run_tool(image: str, user: str, binds: list[tuple[str, str]], argv: list[str], labels: dict[str, str],
+                 *, caps: tuple[str, ...] = (), timeout: float = 300.0) -> CommandResult:
+        """``argv`` (trusted: the image's own programs) in a throwaway container that works on ``binds``
+        (host path, container path; read-write, a missing source is an error, never created) as
+        ``user``, with only ``caps``: no network, read-only root, no log, removed when it ends. What the
+        host cannot do to an agent's files itself (give them to the agent's uid, delete them)."""
+        import subprocess
+
+        out = ["docker", "run", "--rm", "--network", "none", "--cap-drop", "ALL",
+               *[a for cap in caps for a in ("--cap-add", cap)], "--security-opt", "no-new-privileges:true",
+               "--read-only", "--pids-limit", "64", "--user", user, "--entrypoint", argv[0], "--workdir", "/",
+               "--log-driver", "none"]
+        for key, value in labels.items():
+            out += ["--label", f"{key}={value}"]
+        for src, dst in binds:
+            out += ["--mount", f"type=bind,source={src},target={dst}"]
+        try:
+            proc = subprocess.run([*out, image, *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return CommandResult(124, b"", f"{argv[0]}: timed out after {timeout:g}s".encode())
+        except OSError as e:
+            return CommandResult(127, b"", f"docker: {e.strerror}".encode())
+        return CommandResult(proc.returncode, proc.stdout, proc.stderr)
 
     # -- containers (docker-py) ----------------------------------------------------------------
     def create(
@@ -470,12 +413,13 @@ class Engine:
         working_dir: str | None = None,
         host_config: dict[str, Any] | None = None,
         healthcheck: dict[str, Any] | None = None,
+        exposed: list[str] | None = None,
     ) -> str:
         def once() -> str:
             try:
                 return self._create(name=name, image=image, command=command, labels=labels, env=env,
                                     user=user, binds=binds, working_dir=working_dir, host_config=host_config,
-                                    healthcheck=healthcheck)
+                                    healthcheck=healthcheck, exposed=exposed)
             except (EngineError, Conflict) as err:
                 took, status = self._created_already(name, labels)  # retried only if it did not happen
                 if took is not None:
@@ -487,10 +431,12 @@ class Engine:
         return retry.call(retry.NAME_RELEASE, once)
 
     def create_from(self, spec: ContainerSpec, network_id: str | None = None) -> str:
-        """Create (not start) the container a ``sandbox.spec.ContainerSpec`` describes: Docker's wording
+        """Create (not start) the container a ``sandbox.spawn.spec.ContainerSpec`` describes: Docker's wording
         (capabilities, security options, mounts, limits) lives here and nowhere else."""
         host_config: dict[str, Any] = {
             "CapDrop": ["ALL"],
+            # a supervised container's root init keeps these few (contract.SUPERVISOR_CAPS); its agent none
+            "CapAdd": list(contract.SUPERVISOR_CAPS) if spec.supervised else [],
             "SecurityOpt": ["no-new-privileges:true"],
             "PidsLimit": spec.limits.pids,
             # unless-stopped: back after its init died (OOM, killed) and after an engine restart or a
@@ -500,6 +446,7 @@ class Engine:
             # agent is never restarted by the engine: its exit code is the result.
             "RestartPolicy": {"Name": "unless-stopped" if spec.engine_restarts else "no"},
             "Ulimits": [{"Name": "nofile", "Soft": spec.nofile, "Hard": spec.nofile}],
+            "LogConfig": LOG_CONFIG,
         }
         if spec.limits.memory:
             host_config["Memory"] = spec.limits.memory
@@ -517,10 +464,14 @@ class Engine:
             host_config["Mounts"] = [{"Target": path, "Type": "volume"} for path in spec.volumes]
         if spec.runtime:
             host_config["Runtime"] = spec.runtime
+        if spec.ports:  # each on the host's loopback only (never 0.0.0.0): the port chosen, or a free one the engine picks
+            chosen = dict(spec.port_hosts)
+            host_config["PortBindings"] = {f"{p}/tcp": [{"HostIp": LOOPBACK, "HostPort": str(chosen.get(p) or "")}]
+                                           for p in spec.ports}
         binds = [f"{b.source}:{b.target}:{'ro' if b.read_only else 'rw'}" for b in spec.binds]
         return self.create(name=spec.name, image=spec.image, command=None, labels=spec.labels, env=spec.env,
-                           user=f"{spec.user[0]}:{spec.user[1]}", binds=binds, working_dir=spec.workdir,
-                           host_config=host_config)
+                           user="{}:{}".format(*spec.container_user), binds=binds, working_dir=spec.workdir,
+                           host_config=host_config, exposed=[f"{p}/tcp" for p in spec.ports])
 
     def create_proxy(self, pc: ProxyContainer, *, name: str, image: str, labels: dict[str, str], network: str,
                      alias: str, outside: str, runtime: str | None = None) -> str:
@@ -533,6 +484,7 @@ class Engine:
             "mem_limit": 256 * 1024**2, "pids_limit": 256, "network_mode": network,
             "ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096}],
             "restart_policy": {"Name": "unless-stopped"},  # back with its agent after an engine restart
+            "log_config": {"type": LOG_CONFIG["Type"], "config": dict(LOG_CONFIG["Config"])},
         }
         if runtime:
             host_config["runtime"] = runtime
@@ -588,8 +540,9 @@ class Engine:
 
     def _create(self, *, name: str, image: str, command: list[str] | None, labels: dict[str, str],
                 env: dict[str, str], user: str, binds: list[str], working_dir: str | None,
-                host_config: dict[str, Any] | None, healthcheck: dict[str, Any] | None) -> str:
-        """One create, in the Engine API's own wording (``host_config``: HostConfig's fields), on either lane."""
+                host_config: dict[str, Any] | None, healthcheck: dict[str, Any] | None,
+                exposed: list[str] | None = None) -> str:
+        """One create, in the Engine API's own wording (``host_config``: HostConfig's fields)."""
         config: dict[str, Any] = {
             "Image": image, "Labels": labels, "Env": [f"{k}={v}" for k, v in env.items()], "User": user,
             "Tty": False, "OpenStdin": False, "AttachStdout": False, "AttachStderr": False,
@@ -601,20 +554,15 @@ class Engine:
             config["WorkingDir"] = working_dir
         if healthcheck:
             config["Healthcheck"] = healthcheck
+        if exposed:
+            config["ExposedPorts"] = {p: {} for p in exposed}
         what = f"create container {name}"
-        if self._sock is not None:
-            query = urllib.parse.urlencode({"name": name})
-            return str(_json(self._http("POST", f"/containers/create?{query}", what, config)[1], what)["Id"])
         with _docker_py(what):
             return str(self._client().create_container_from_config(config, name=name)["Id"])
 
     def put_archive(self, ref: str, path: str, data: bytes) -> None:
         """Unpack the tar ``data`` at ``path`` in the container (created or running)."""
         what = f"copy into {ref}"
-        if self._sock is not None:
-            self._http("PUT", f"/containers/{_q(ref)}/archive?{urllib.parse.urlencode({'path': path})}", what,
-                       tar=data)
-            return
         with _docker_py(what):
             self._client().put_archive(ref, path, data)
 
@@ -624,22 +572,37 @@ class Engine:
         More than one happens when two creates raced (the engine's duplicate check is not atomic)."""
         def once() -> list[dict[str, Any]]:
             what = f"list networks {name}"
-            if self._sock is not None:
-                query = urllib.parse.urlencode({"filters": json.dumps({"name": [name]})})
-                found = list(_json(self._http("GET", f"/networks?{query}", what)[1], what))
-            else:
-                with _docker_py(what):
-                    found = self._client().networks(names=[name])
+            with _docker_py(what):
+                found = self._client().networks(names=[name])
             return sorted((n for n in found if n.get("Name") == name),
                           key=lambda n: (str(n.get("Created", "")), str(n.get("Id", ""))))
 
         return retry.call(retry.READS, once)
 
-    def ensure_network(self, name: str, labels: dict[str, str], *, icc: bool = False) -> str:
-        """The id of bridge network ``name`` carrying ``labels``, created if missing (race-safe: a create
-        that loses gets Conflict and takes the winner's; if both were created, everyone picks the oldest
-        and the loser's is removed). ``icc=False``: containers on it cannot talk to each other.
-        A network of that name that is not ours, or lets containers talk, is refused (Conflict)."""
+    def ensure_network(self, name: str, labels: dict[str, str], *, icc: bool = False,
+                       lock_dir: Path | None = None) -> str:
+        """The id of bridge network ``name`` carrying ``labels``, created if missing. ``icc=False``:
+        containers on it cannot talk to each other. A network of that name that is not ours, or lets
+        containers talk, is refused (Conflict).
+
+        Race-safe on one host with ``lock_dir``: the look-and-create runs under an flock there, so two
+        spawns at once make one network. Without it (or across hosts) it converges as best it can: the
+        engine's duplicate check is not atomic (concurrent creates may all succeed), so a create that
+        loses takes the winner's, everyone picks the oldest, and a loser's own is removed — but a
+        network still being created may not be listed yet, which is why spawns pass the lock."""
+        if lock_dir is None:
+            return self._ensure_network(name, labels, icc)
+        import fcntl
+
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_dir / f"network-{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # (kept, never unlinked: an unlinked lock file guards nothing)
+            return self._ensure_network(name, labels, icc)
+        finally:
+            os.close(fd)
+
+    def _ensure_network(self, name: str, labels: dict[str, str], icc: bool) -> str:
         icc_opt = "com.docker.network.bridge.enable_icc"
 
         def pick() -> str | None:
@@ -666,8 +629,8 @@ class Engine:
             pass  # another spawn created it first
         winner = pick()
         if made is not None and winner == made:
-            # Two creates at once can both succeed (the engine's duplicate check is not atomic), and the
-            # other one, older, may show in the list only a moment after ours: look again once settled.
+            # Two creates at once can both succeed, and the other one, older, may show in the list only
+            # a moment after ours: look again once settled.
             import time
 
             time.sleep(0.2)
@@ -726,8 +689,6 @@ class Engine:
     # -- images ------------------------------------------------------------------------------
     def _inspect_image(self, ref: str) -> dict[str, Any]:
         what = f"inspect image {ref}"
-        if self._sock is not None:
-            return dict(_json(self._http("GET", f"/images/{_q(ref)}/json", what)[1], what))
         with _docker_py(what):
             return dict(self._client().inspect_image(ref))
 
@@ -741,7 +702,6 @@ class Engine:
     def image_labels(self, ref: str) -> dict[str, str]:
         return dict((self._inspect_image(ref).get("Config") or {}).get("Labels") or {})
 
-    # -- images (docker-py) --------------------------------------------------------------------
     def build_image(
         self,
         context_dir: str,
@@ -776,12 +736,27 @@ class Engine:
             raise EngineError(f"build {tag} finished without an image")
         return image_id
 
+    def image_tags(self, repository: str) -> list[str]:
+        """The ``repository:tag`` references the engine has of ``repository`` (one list call)."""
+        with _docker_py(f"list images {repository}"):
+            found = self._client().images(filters={"reference": repository})
+        return sorted(t for image in found for t in (image.get("RepoTags") or []) if t.rpartition(":")[0] == repository)
+
+    def remove_image(self, ref: str) -> bool:
+        """Untag or remove ``ref`` (never forced); False when a container still uses it, or it is gone."""
+        try:
+            with _docker_py(f"remove image {ref}"):
+                self._client().remove_image(ref)
+        except (NotFound, Conflict, EngineError):
+            return False
+        return True
+
     def tag_image(self, image: str, repository: str, tag: str) -> None:
         with _docker_py(f"tag {image}"):
             self._client().tag(image, repository, tag)
 
     def close(self) -> None:
-        if self._api is not None:
+        for api in self._apis.values():
             with contextlib.suppress(Exception):
-                self._api.close()
+                api.close()
 

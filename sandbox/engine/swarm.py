@@ -1,7 +1,7 @@
 """The Swarm backend's engine calls: a headless agent as a one-replica service (docker-py, lazily).
 
 An agent on Swarm is a service named ``sandbox-NAME`` with one replica, made from the headless
-container spec (``sandbox.spec.build_headless``: the node clones the repository and pushes its
+container spec (``sandbox.spawn.spec.build_headless``: the node clones the repository and pushes its
 branch, nothing of the user's host is mounted). Swarm's own pieces do the rest: the restart policy
 (``on-failure``, the agent's retry count), resource limits, the ``sandbox.*`` labels on the service
 and, through ``container_labels``, on every task container (so discovery is the same label query as
@@ -20,12 +20,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+from sandbox import contract
 from sandbox import labels as L
-from sandbox.engine import Engine, _docker_py, retry
+from sandbox.engine import LOG_CONFIG, Engine, _docker_py, retry
 from sandbox.errors import NotFound, UsageError
 
 if TYPE_CHECKING:
-    from sandbox.spec import ContainerSpec
+    from sandbox.spawn.spec import ContainerSpec
 
 SECRETS_DIR = "/run/secrets"
 STOP_GRACE = 20  # seconds: the headless init pushes its WIP on SIGTERM within 10 s
@@ -73,26 +74,29 @@ class Swarm:
 
         name = spec.labels[L.NAME]
         env = dict(spec.env)
+        uid, gid = spec.container_user  # (root: the supervisor, which alone reads the secrets and pushes)
         for key, data in secrets.items():  # key: the *_FILE variable's file name (git-token, …)
             secret_id = self._secret(f"{spec.name}.{key}", data, {**_own(spec.labels), L.NAME: name})
-            refs.append(types.SecretReference(secret_id, f"{spec.name}.{key}", filename=key, uid=str(spec.user[0]),
-                                              gid=str(spec.user[1]), mode=0o400))
+            refs.append(types.SecretReference(secret_id, f"{spec.name}.{key}", filename=key, uid=str(uid),
+                                              gid=str(gid), mode=0o400))
         for var, path in list(env.items()):  # the spec names its files in the launch dir: Swarm's are here
-            if var.endswith("_FILE") and path.rsplit("/", 1)[-1] in secrets:
+            if var.endswith(contract.SECRET_FILE) and path.rsplit("/", 1)[-1] in secrets:
                 env[var] = f"{SECRETS_DIR}/{path.rsplit('/', 1)[-1]}"
         mounts = [types.Mount(target=path, source="", type="tmpfs", tmpfs_size=_size(opts))
                   for path, opts in spec.tmpfs.items()]
         mounts += [types.Mount(target=path, source="", type="volume") for path in spec.volumes]
         container = types.ContainerSpec(
-            image=spec.image, env=env, workdir=spec.workdir, user=f"{spec.user[0]}:{spec.user[1]}",
+            image=spec.image, env=env, workdir=spec.workdir, user=f"{uid}:{gid}",
             labels=dict(spec.labels), mounts=mounts, secrets=refs, read_only=spec.read_only_root,
-            cap_drop=["ALL"], stop_grace_period=STOP_GRACE * 10**9, init=False)
+            cap_drop=["ALL"], cap_add=list(contract.SUPERVISOR_CAPS) if spec.supervised else None,
+            stop_grace_period=STOP_GRACE * 10**9, init=False)
         resources = types.Resources(mem_limit=spec.limits.memory or None, cpu_limit=spec.limits.nano_cpus or None)
         template = types.TaskTemplate(
             container_spec=container, resources=resources,
             restart_policy=types.RestartPolicy(condition="on-failure", delay=int(0.5 * 10**9),
                                                max_attempts=int(spec.labels.get(L.RETRIES) or 3)),
-            placement=types.Placement(constraints=constraints) if constraints else None)
+            placement=types.Placement(constraints=constraints) if constraints else None,
+            log_driver=types.DriverConfig(LOG_CONFIG["Type"], dict(LOG_CONFIG["Config"])))
         if spec.limits.pids:
             template["Resources"].setdefault("Limits", {})["Pids"] = spec.limits.pids
         with _docker_py(f"create service {spec.name}"):
@@ -275,11 +279,43 @@ def push_to_nodes(swarm: Swarm, image: str, registry: str | None, say: Any) -> l
         if context_host(host) is None:
             missing.append(f"{host}: no Docker context named {host} (`docker context create {host} --docker host=ssh://USER@{host}`)")
             continue
-        save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        load = subprocess.run(["docker", "--context", host, "load", "-q"], stdin=save.stdout, capture_output=True, text=True)
-        save.wait()
-        if save.returncode or load.returncode:
-            missing.append(f"{host}: docker load failed: {(load.stderr.strip().splitlines() or ['?'])[-1]}")
+        failed = load_on(image, host)
+        if failed:
+            missing.append(f"{host}: {failed}")
         else:
             say(f"{host}: loaded {image}")
     return missing
+
+
+LOAD_TIMEOUT = 1800.0  # one node's `docker save | docker load` (an agent image is ~0.5 GB; ssh may be slow)
+
+
+def load_on(image: str, context: str, timeout: float = LOAD_TIMEOUT) -> str | None:
+    """``docker save IMAGE | docker --context CONTEXT load``: None when loaded, else why not. Bounded:
+    the parent keeps no end of the pipe (a ``load`` that fails early ends ``save`` with a broken pipe
+    instead of leaving it blocked on a full one), and both are killed at ``timeout``."""
+    import subprocess
+
+    save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert save.stdout is not None
+    try:
+        load = subprocess.Popen(["docker", "--context", context, "load", "-q"], stdin=save.stdout,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        save.stdout.close()
+    try:
+        _, err = load.communicate(timeout=timeout)
+        save.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        for proc in (load, save):
+            proc.kill()
+            proc.wait()
+        return f"docker save | docker load did not finish in {timeout:g} s"
+    finally:
+        if save.stderr is not None:
+            save.stderr.close()
+    if load.returncode:
+        return f"docker load failed: {(err.strip().splitlines() or ['?'])[-1]}"
+    if save.returncode:
+        return f"docker save {image} failed (exit {save.returncode})"
+    return None

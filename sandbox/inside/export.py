@@ -19,12 +19,13 @@ def _write(path: str, text: str) -> None:
 def export(argv: list[str]) -> int:
     """Serve the agent's work to the host's ``git fetch`` over stdin/stdout (``git upload-pack``).
 
-    ``export [--snapshot] [--workdir W] [--objects DIR] [--fallback SHA]``: a throwaway bare
+    ``export [--snapshot] [--workdir W] [--objects DIR] [--fallback SHA] [--exclude PATH]…``: a throwaway bare
     repository in /tmp borrows the agent's objects (and ``--objects``, the host's store) and
     advertises two refs: the agent's HEAD commit and, with ``--snapshot``, a commit of the whole
     workspace (tracked, modified and untracked files, not ignored ones; symlinks as links; the
     agent's HEAD as parent; the HEAD itself when nothing is uncommitted). ``--fallback`` is the
-    commit to use when the agent's own HEAD cannot be read. The agent's repository and index are
+    commit to use when the agent's own HEAD cannot be read; ``--exclude`` (the files ``[setup] copy``
+    put there) stays out of the snapshot: as the agent's HEAD has it (absent, mostly). The agent's repository and index are
     never changed. Nothing here is trusted by the host: it verifies every object it receives.
     """
     import shutil
@@ -35,17 +36,23 @@ def export(argv: list[str]) -> int:
 
     opts: dict[str, str] = {}
     flags = set()
+    excluded: list[str] = []
     it = iter(argv)
     for a in it:
         if a in ("--workdir", "--objects", "--fallback"):
             opts[a] = next(it, "")
+        elif a == "--exclude":
+            excluded.append(next(it, ""))
         else:
             flags.add(a)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0", GIT_AUTHOR_NAME="sandbox",
-               GIT_AUTHOR_EMAIL="sandbox@localhost", GIT_COMMITTER_NAME="sandbox",
-               GIT_COMMITTER_EMAIL="sandbox@localhost")
+    excluded = [p for p in excluded if p and not p.startswith("/") and ".." not in p.split("/")]
     tmp = tempfile.mkdtemp(prefix="sandbox-export-")
+    # git by absolute path, its HOME the private scratch dir: no global config, excludes or attributes
+    # of the agent's HOME (the host started this program: nothing the agent planted runs in it)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "XDG_"))}
+    env.update(HOME=tmp, GIT_CONFIG_GLOBAL=os.devnull, GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0",
+               GIT_AUTHOR_NAME="sandbox", GIT_AUTHOR_EMAIL="sandbox@localhost", GIT_COMMITTER_NAME="sandbox",
+               GIT_COMMITTER_EMAIL="sandbox@localhost")
 
     def fail(code: int, why: str) -> int:
         print(f"sandbox export: {why}", file=sys.stderr)
@@ -53,7 +60,7 @@ def export(argv: list[str]) -> int:
 
     def git(*args: str, index: str | None = None, cwd: str | None = None) -> str | None:
         e = dict(env, GIT_INDEX_FILE=index) if index else env
-        p = subprocess.run(["git", *args], env=e, cwd=cwd or tmp, stdin=subprocess.DEVNULL,
+        p = subprocess.run([contract.GIT, *args], env=e, cwd=cwd or tmp, stdin=subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         return p.stdout.strip() if p.returncode == 0 else None
 
@@ -95,13 +102,17 @@ def export(argv: list[str]) -> int:
                 git(*bare, "read-tree", head, index=index)
                 git(*wt, "add", "--all", "--ignore-errors", "--", ".", index=index, cwd=workdir)
                 tree = git(*bare, "write-tree", index=index)
+            if tree is not None and excluded:  # (`[setup] copy`: as HEAD has them, whatever the workspace's
+                # .gitignore says now; an agent that committed one committed it, the snapshot adds nothing)
+                git(*wt, "reset", "-q", head, "--", *(":(literal)" + p for p in excluded), index=index, cwd=workdir)
+                tree = git(*bare, "write-tree", index=index)
             if tree is None:
                 return fail(4, "cannot read the workspace")
             wip = head
             if tree != head_tree:  # a commit of the workspace, dated like HEAD: the same state, the same id
                 e = dict(env, GIT_AUTHOR_DATE=f"@{when} +0000", GIT_COMMITTER_DATE=f"@{when} +0000")
-                p = subprocess.run(["git", *bare, "commit-tree", tree, "-p", head, "-m", "sandbox: workspace snapshot"],
-                                   env=e, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                p = subprocess.run([contract.GIT, *bare, "commit-tree", tree, "-p", head, "-m",
+                                    "sandbox: workspace snapshot"], env=e, cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.DEVNULL, text=True)
                 if p.returncode != 0:
                     return fail(4, "cannot commit the workspace snapshot")
@@ -110,6 +121,6 @@ def export(argv: list[str]) -> int:
         _write(os.path.join(repo, "packed-refs"),
                "# pack-refs with: peeled sorted\n" + "".join(f"{sha} {ref}\n" for ref, sha in sorted(refs.items())))
         sys.stdout.flush()
-        return subprocess.run(["git", "upload-pack", "--strict", repo], env=env, cwd=tmp).returncode
+        return subprocess.run([contract.GIT, "upload-pack", "--strict", repo], env=env, cwd=tmp).returncode
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

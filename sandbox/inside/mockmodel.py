@@ -75,6 +75,19 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
     return [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
 
 
+def _tool_results(message: Any) -> list[str]:
+    """The text of each ``tool_result`` block of a user message (capped), for the request log."""
+    if not isinstance(message, dict) or message.get("role") != "user":
+        return []
+    out = []
+    for block in _blocks(message.get("content")):
+        if block.get("type") == "tool_result":
+            inner = block.get("content")
+            out.append("".join(b.get("text", "") for b in _blocks(inner))[:2000] if not isinstance(inner, str)
+                       else inner[:2000])
+    return out
+
+
 def _prompt_text(message: Any) -> str | None:
     """The prompt text of a user message, or None when it is not a real prompt."""
     if not isinstance(message, dict) or message.get("role") != "user":
@@ -286,7 +299,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                           # the conversation as the model sees it (first line of each prompt): what a
                           # test reads to know a resumed agent kept its earlier messages
                           prompts=[(p.strip().splitlines() or [""])[0][:200]
-                                   for p in map(_prompt_text, messages) if p is not None])
+                                   for p in map(_prompt_text, messages) if p is not None],
+                          # what the tools answered, in the last message (first 2,000 characters of each):
+                          # what a test reads to know the model was given a tool's result
+                          tool_results=_tool_results(messages[-1] if messages else None))
             if path == "/v1/messages/count_tokens":
                 record["answer"] = "count_tokens"
                 return json.dumps({"input_tokens": _estimate_tokens(body)}).encode(), "application/json"

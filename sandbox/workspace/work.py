@@ -1,7 +1,7 @@
 """Getting work out of an agent, and cleaning up without ever losing it.
 
 diff / merge / apply / push / pr bring an agent's work into the repository; ``check_removable``
-and ``save_if_at_risk`` (used by ``SandboxManager.remove``), ``backup`` / ``restore`` and ``gc``
+and ``save_if_at_risk`` (used by ``SandboxManager.remove``), ``backup`` / ``restore`` (and ``sandbox.gc``)
 make sure no cleanup loses it.
 
 The host never reads an agent's files or runs git in its workspace or git dir. ``read`` first
@@ -9,6 +9,14 @@ brings the work over (``SandboxManager.sync``: a pack made inside the container,
 host's git) into two host refs: ``sandbox/NAME`` (the agent's HEAD) and ``refs/sandbox/wip/NAME``
 (a commit of the whole workspace: tracked, modified and untracked files, symlinks as links, with
 the HEAD as parent). Everything below is git on those objects in the host's own repository.
+
+What ``diff`` shows is what ``merge`` and ``apply`` take, in two labelled parts: the committed part
+(base..head: what ``merge`` takes) and the uncommitted part (head..the workspace commit: ``apply``
+takes both, ``merge`` this one only with ``--include-uncommitted``). ``--at SHA`` pins a merge or an
+apply to the commit ``diff`` showed. Every git call of diff, merge, apply and restore runs with the
+host's content drivers off (``gitops.host_drivers_off``: filters, textconv, diff commands and merge
+drivers an agent's ``.gitattributes`` would select), but the ones the user trusts
+(``trusted_filters``).
 
 "Merged" means: every commit is reachable from a target, or merging it into a target would change
 nothing (``git merge-tree``): that covers squash merges, rebases and cherry-picks. Targets are the
@@ -18,17 +26,18 @@ repository's HEAD, every local branch outside ``sandbox/`` and every remote-trac
 
 from __future__ import annotations
 
-import os
+import functools
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from sandbox import crash, labels as L
 from sandbox.workspace import git as gitops
@@ -42,6 +51,25 @@ if TYPE_CHECKING:
 BACKUP_PREFIX = "refs/sandbox/backup/"
 IDENTITY = {"GIT_AUTHOR_NAME": "sandbox", "GIT_AUTHOR_EMAIL": "sandbox@localhost",
             "GIT_COMMITTER_NAME": "sandbox", "GIT_COMMITTER_EMAIL": "sandbox@localhost"}
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _trusted(settings: Any) -> tuple[str, ...]:
+    """The content drivers the user trusts (setting ``trusted_filters``; none for settings without it)."""
+    return tuple(getattr(settings, "trusted_filters", None) or ())
+
+
+def _agent_content(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """``fn`` with the host's content drivers off but the trusted ones (``gitops.host_drivers_off``):
+    its first argument is the manager, or the settings."""
+    @functools.wraps(fn)
+    def guarded(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with gitops.host_drivers_off(_trusted(getattr(args[0], "settings", args[0]))):
+            return fn(*args, **kwargs)
+    return guarded
 
 
 def _rev(repo: gitops.Repo, rev: str) -> str | None:
@@ -70,6 +98,14 @@ class Work:
         return gitops.git(self.repo.top, *args, check=check, env=env).stdout
 
 
+def _max_blob(settings: Any) -> int:
+    """The ``max_blob_bytes`` setting in bytes (0: no limit): no file larger is written into a checkout."""
+    from sandbox.config import DEFAULT_MAX_BLOB_BYTES
+    from sandbox.configfiles import memory_bytes
+
+    return memory_bytes(str(getattr(settings, "max_blob_bytes", DEFAULT_MAX_BLOB_BYTES))) or 0
+
+
 def wip_ref(name: str) -> str:
     return WIP_PREFIX + name
 
@@ -81,6 +117,8 @@ def read(mgr: SandboxManager, src: Source, *, snapshot: bool = True, base: str |
     ``strict``: an agent that cannot be read is an error (exit 8) instead of a ``Work`` holding
     what was read last (``readable`` False, with the reason)."""
     synced = mgr.sync(src, snapshot=snapshot)
+    if synced.refused is not None and strict:
+        raise synced.refused
     if not synced.ok and strict:
         raise AgentError(f"cannot read {src.name}'s work: {synced.reason}",
                          hint="is its image still there? see `sandbox ls --all`")
@@ -124,10 +162,11 @@ def unsaved_commits(repo: gitops.Repo, ref: str) -> list[str]:
     commits = gitops.git(repo.top, "rev-list", ref, "--not", *targets, "--").stdout.split()
     if not commits:
         return []
-    for target in targets:
-        proc = gitops.git(repo.top, "merge-tree", "--write-tree", "--no-messages", target, ref, check=False)
-        if proc.returncode == 0 and proc.stdout.split()[:1] == [_rev(repo, f"{target}^{{tree}}")]:
-            return []
+    with gitops.host_drivers_off():  # (a merge driver the checkout's attributes name: never, not even trusted)
+        for target in targets:
+            proc = gitops.git(repo.top, "merge-tree", "--write-tree", "--no-messages", target, ref, check=False)
+            if proc.returncode == 0 and proc.stdout.split()[:1] == [_rev(repo, f"{target}^{{tree}}")]:
+                return []
     return commits
 
 
@@ -222,6 +261,7 @@ class Restored:
     path: Path
 
 
+@_agent_content
 def restore(settings: Settings, repo_path: Path | None, name: str, ref: str | None = None,
             path: Path | None = None) -> Restored:
     """A new worktree on branch ``sandbox/<name>-restored`` at the backup's committed work, with the
@@ -236,12 +276,15 @@ def restore(settings: Settings, repo_path: Path | None, name: str, ref: str | No
     head = _rev(repo, f"{ref}^1")
     if commit is None or head is None:
         raise NotFound(f"no backup commit at {ref}")
+    _no_reencoding(repo, name, "HEAD", commit, _trusted(settings))
     branch = f"{BRANCH_PREFIX}{name}-restored"
     if gitops.branch_exists(repo, branch):
         raise Conflict(f"branch {branch} already exists", hint="rename or delete it first")
     path = (path or settings.data_dir / "restored" / repo.slug / name).absolute()
     if path.exists() or path.is_symlink():
         raise Conflict(f"{path} already exists", hint="pass --path")
+    empty = gitops.git(repo.top, "hash-object", "-t", "tree", "--stdin", input="").stdout.strip()
+    gitops.refuse_big_files(repo, _rev(repo, "HEAD") or empty, commit, _max_blob(settings), f"restoring {ref}")
     path.parent.mkdir(parents=True, exist_ok=True)
     gitops.git(repo.top, "worktree", "add", "--quiet", "-b", branch, str(path), head)
     gitops.git(path, "read-tree", "-u", "--reset", commit)
@@ -250,13 +293,96 @@ def restore(settings: Settings, repo_path: Path | None, name: str, ref: str | No
 
 
 # -- diff, apply, merge, push ----------------------------------------------------------------------------
-def diff(mgr: SandboxManager, sb: Sandbox, *, stat: bool = False, uncommitted: bool = False) -> str:
+@dataclass(frozen=True)
+class Part:
+    """One labelled part of a review: git's diff (or ``--stat``) of ``old``..``new``."""
+
+    label: str   # committed | uncommitted
+    old: str
+    new: str
+    note: str    # what takes it
+    text: str
+
+    def render(self) -> str:
+        head = f"# {self.label} {self.old}..{self.new}: {self.note if self.text else 'no changes'}\n"
+        return head + self.text
+
+
+@dataclass(frozen=True)
+class Review:
+    """What ``diff`` showed: the committed part (base..head) and the uncommitted part (head..wip),
+    each under a label line ``# committed BASE..HEAD: …`` that names the full commits. ``merge
+    --at HEAD`` and ``apply --at WIP`` take exactly this, or refuse."""
+
+    name: str
+    head: str
+    wip: str
+    parts: tuple[Part, ...]
+
+    def render(self) -> str:
+        return "".join(part.render() for part in self.parts)
+
+    def commands(self) -> list[str]:
+        """The commands that take exactly what was shown."""
+        out = [f"sandbox merge {self.name} --at {self.head}"]
+        if self.wip != self.head:
+            out.append(f"sandbox apply {self.name} --at {self.wip}")
+        return out
+
+
+COMMITTED_NOTE = "what merge takes (apply takes it with the uncommitted part)"
+UNCOMMITTED_NOTE = "the workspace on top of it: apply takes it too, merge only with --include-uncommitted"
+
+
+@_agent_content
+def diff(mgr: SandboxManager, sb: Sandbox, *, stat: bool = False, uncommitted: bool = False) -> Review:
+    """The agent's work since its base in two labelled parts, committed and uncommitted (only the
+    latter with ``uncommitted``): shown apart, the committed part cannot hide behind a workspace
+    that undoes it (a net of nothing that a merge would bring anyway)."""
     work = of(mgr, sb)
     if work.head is None:
         raise NotFound(f"branch {work.branch} of {work.name} no longer exists")
-    old = work.head if uncommitted else (work.base or work.head)
+    head, wip = work.head, work.wip or work.head
     opts = ["--stat"] if stat else ["--binary"]
-    return work.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", *opts, old, work.wip or work.head, "--")
+
+    def part(label: str, old: str, new: str, note: str) -> Part:
+        text = work.git("diff", "--no-color", "--no-ext-diff", "--no-textconv", *opts, old, new, "--") if old != new else ""
+        return Part(label, old, new, note, text)
+
+    parts = [] if uncommitted else [part("committed", work.base or head, head, COMMITTED_NOTE)]
+    parts.append(part("uncommitted", head, wip, UNCOMMITTED_NOTE))
+    return Review(name=work.name, head=head, wip=wip, parts=tuple(parts))
+
+
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def _pinned(work: Work, at: str | None, *, uncommitted: bool) -> None:
+    """Refuse (nothing changed yet) when ``at``, the commit ``diff`` showed, is not what this
+    command would take now: the head (or the workspace commit on it), or with the uncommitted part
+    the workspace commit (the head when nothing is uncommitted)."""
+    if at is None:
+        return
+    if not _OBJECT_ID.fullmatch(at):
+        raise UsageError(f"--at takes a full commit id as `sandbox diff {work.name}` prints it, not {at!r}")
+    wip = work.wip or work.head
+    if at == wip or (at == work.head and not uncommitted):
+        return
+    what = f"its workspace is at {(wip or '?')[:12]}" if uncommitted and at == work.head else \
+        f"its head is {(work.head or '?')[:12]}" + (f" (workspace {wip[:12]})" if wip and wip != work.head else "")
+    raise Conflict(f"{work.name} moved since the review at {at[:12]}: {what}",
+                   hint=f"nothing was changed; `sandbox diff {work.name}` shows it now")
+
+
+def _no_reencoding(repo: gitops.Repo, name: str, before: str, after: str, trusted: tuple[str, ...]) -> None:
+    """Refuse when the agent's ``.gitattributes`` add a ``working-tree-encoding``: its files would be
+    written in the user's checkout in another encoding than ``diff`` showed (by the host's iconv)."""
+    if gitops.REENCODING in trusted:
+        return
+    found = gitops.reencoding_attributes(repo, before, after)
+    if found:
+        raise Conflict(f"{name}'s {found[0]} sets {gitops.REENCODING}: its files would not be written as the diff shows them",
+                       hint=f'nothing was changed; add "{gitops.REENCODING}" to the setting trusted_filters to allow it')
 
 
 def shortstat(repo: gitops.Repo, base: str, head: str) -> str:
@@ -285,16 +411,40 @@ def _require_clean_main(repo: gitops.Repo) -> None:
                        hint="commit or stash them first; nothing was changed")
 
 
-def apply(mgr: SandboxManager, sb: Sandbox) -> list[str]:
-    """The agent's changes (committed since base + uncommitted) into the main checkout, not committed."""
+# What the host obeys in a repository (README "Security"): a change to these is brought only when asked for.
+CONFIG_PATHS = (".sandbox.toml", ".devcontainer")
+
+
+def config_changes(repo: gitops.Repo, old: str, new: str) -> list[str]:
+    """The files of ``CONFIG_PATHS`` that differ between ``old`` and ``new`` (host refs only)."""
+    out = gitops.git(repo.top, "diff", "--name-only", "-z", "--no-renames", old, new, "--",
+                     *(f":(top,literal){p}" for p in CONFIG_PATHS)).stdout
+    return [f for f in out.split("\0") if f]
+
+
+def _guard_config(name: str, files: list[str], allow_config: bool) -> None:
+    if files and not allow_config:
+        raise Conflict(f"{name}'s changes touch {', '.join(files[:5])}: settings the host obeys",
+                       hint=f"review them (`sandbox diff {name}`), then pass --allow-config; nothing was changed")
+
+
+@_agent_content
+def apply(mgr: SandboxManager, sb: Sandbox, *, at: str | None = None, allow_config: bool = False) -> list[str]:
+    """The agent's changes (committed since base + uncommitted) into the main checkout, not committed;
+    ``at``: only if the workspace commit is still the one ``diff`` showed; a change to ``CONFIG_PATHS``
+    only with ``allow_config`` (else ``Conflict``, nothing changed)."""
     work = of(mgr, sb)
+    _pinned(work, at, uncommitted=True)
     _require_clean_main(work.repo)
     old = work.base or work.head
     new = work.wip or work.head
     assert old is not None and new is not None
+    _no_reencoding(work.repo, work.name, "HEAD", new, _trusted(mgr.settings))
+    _guard_config(sb.name, config_changes(work.repo, old, new), allow_config)
     files = work.git("diff", "--name-only", "--no-renames", old, new, "--").split()
     if not files:
         return []
+    gitops.refuse_big_files(work.repo, old, new, _max_blob(mgr.settings), f"applying {sb.name}'s work")
     patch = work.git("diff", "--binary", "--full-index", "--no-color", "--no-ext-diff", "--no-textconv", old, new, "--")
     proc = gitops.git(work.repo.top, "apply", "--3way", "--whitespace=nowarn", "-", input=patch, check=False)
     if proc.returncode != 0:
@@ -330,7 +480,30 @@ def _scratch(repo: gitops.Repo, start: str) -> Iterator[Path]:
         gitops.git(repo.top, "worktree", "prune", "--expire=now", check=False) if wt.exists() else None
 
 
-def _checked_out(repo: gitops.Repo) -> dict[str, Path]:
+@_agent_content
+def merge_heads(settings: Any, repo: gitops.Repo, heads: list[tuple[str, str]], message: str) -> str:
+    """One commit that merges ``heads`` ((label, commit) pairs, in order), made by the host in a temporary
+    worktree of its own (no branch moves, the main checkout untouched): a plan task's start when it waits
+    for several tasks. Agents' content: the host's drivers off but ``settings.trusted_filters``, as for
+    ``merge``. Raises Conflict naming the head that did not merge and the files."""
+    if not heads:
+        raise UsageError("nothing to merge")
+    first = heads[0][1]
+    if len(heads) == 1:
+        return first
+    with _scratch(repo, first) as wt:
+        for label, commit in heads[1:]:
+            proc = gitops.git(wt, "merge", "--no-ff", "--no-edit", "-m", message, commit, check=False, env=IDENTITY,
+                              timeout=120)
+            if proc.returncode != 0:
+                files = _conflict_files(wt, proc)
+                gitops.git(wt, "merge", "--abort", check=False)
+                raise Conflict(f"{label} does not merge with {', '.join(h for h, _ in heads[:heads.index((label, commit))])}: "
+                               f"{files}")
+        return gitops.git(wt, "rev-parse", "HEAD").stdout.strip()
+
+
+def checked_out(repo: gitops.Repo) -> dict[str, Path]:
     """branch -> worktree path, for every checked-out branch."""
     out: dict[str, Path] = {}
     path: Path | None = None
@@ -350,6 +523,7 @@ class Merged:
     mode: str
     committed_uncommitted: str | None = None
     left_uncommitted: bool = False
+    config_files: tuple[str, ...] = ()  # of CONFIG_PATHS, brought with --allow-config
 
 
 def _conflict_files(cwd: Path, proc: subprocess.CompletedProcess[str]) -> str:
@@ -359,12 +533,17 @@ def _conflict_files(cwd: Path, proc: subprocess.CompletedProcess[str]) -> str:
     return ", ".join(names[:5]) or (reason[0] if reason else "conflict")
 
 
+@_agent_content
 def merge(mgr: SandboxManager, sb: Sandbox, *, mode: str = "merge", into: str | None = None,
-          include_uncommitted: bool = False) -> Merged:
-    """Bring the agent's branch into the main checkout's branch (or ``into``); all or nothing."""
+          include_uncommitted: bool = False, at: str | None = None, allow_config: bool = False) -> Merged:
+    """Bring the agent's branch into the main checkout's branch (or ``into``); all or nothing.
+    ``at``: only if the agent's head (with ``include_uncommitted``, its workspace commit) is still
+    the one ``diff`` showed; without it, whatever the sync just brought (for scripts). A change to
+    ``CONFIG_PATHS`` only with ``allow_config`` (else ``Conflict``, nothing changed)."""
     if mode not in ("merge", "squash", "rebase"):
         raise UsageError(f"unknown merge mode {mode!r}")
     work = of(mgr, sb)
+    _pinned(work, at, uncommitted=include_uncommitted)
     crash.point("merge:synced")
     repo = work.repo
     current = gitops.git(repo.top, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.strip() or None
@@ -377,13 +556,18 @@ def merge(mgr: SandboxManager, sb: Sandbox, *, mode: str = "merge", into: str | 
     in_main = target == current
     if in_main:
         _require_clean_main(repo)
-    elif target in _checked_out(repo):
-        raise Conflict(f"branch {target} is checked out in {_checked_out(repo)[target]}", hint="merge there")
+    elif target in checked_out(repo):
+        raise Conflict(f"branch {target} is checked out in {checked_out(repo)[target]}", hint="merge there")
     committed = commit_uncommitted(work) if include_uncommitted else None
     tip = committed or work.head
     if tip is None:
         raise NotFound(f"branch {work.branch} no longer exists")
+    _no_reencoding(repo, work.name, before, tip, _trusted(mgr.settings))
+    fork = gitops.git(repo.top, "merge-base", before, tip, check=False).stdout.strip() or before
+    config_files = config_changes(repo, fork, tip)
+    _guard_config(sb.name, config_files, allow_config)
     subject = work.task or work.branch
+    gitops.refuse_big_files(repo, before, tip, _max_blob(mgr.settings), f"merging {work.branch}")
 
     def run(cwd: Path) -> None:
         if mode == "merge":
@@ -424,7 +608,7 @@ def merge(mgr: SandboxManager, sb: Sandbox, *, mode: str = "merge", into: str | 
     after = _rev(repo, f"refs/heads/{target}") or before
     crash.point("merge:merged")
     return Merged(target=target, before=before, after=after, mode=mode, committed_uncommitted=committed,
-                  left_uncommitted=work.dirty and not include_uncommitted)
+                  left_uncommitted=work.dirty and not include_uncommitted, config_files=tuple(config_files))
 
 
 def push(mgr: SandboxManager, sb: Sandbox, remote: str = "origin") -> str:
@@ -454,266 +638,3 @@ def pr(mgr: SandboxManager, sb: Sandbox, remote: str = "origin", base: str | Non
     if proc.returncode != 0:
         raise SandboxError(f"gh pr create failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
     return proc.stdout.strip()
-
-
-# -- gc ------------------------------------------------------------------------------------------------
-@dataclass
-class Action:
-    kind: str      # container | workspace | branch | proxy | pool | keep
-    target: str
-    detail: str = ""
-    run: Callable[[], str | None] | None = field(default=None, repr=False)
-
-
-def gc(mgr: SandboxManager, repo_path: Path | None = None, all_repos: bool = False) -> list[Action]:
-    """Plan the cleanup (nothing changes until each action's ``run`` is called)."""
-    every = mgr.list(any_run=True, sync=False)
-    mine = mgr.list(sync=False)
-    if all_repos:
-        repo_list = sorted({mgr.repo_of(s) for s in mine if Path(s.labels.get(L.GITDIR, "")).is_dir()},
-                           key=lambda r: str(r.top))
-        for slug_dir in _dirs(mgr.settings.data_dir / "workspaces"):
-            for ws in _dirs(slug_dir):
-                found = _repo_of_workspace(mgr, ws)
-                if found is not None and found not in repo_list:
-                    repo_list.append(found)
-    else:
-        repo_list = [gitops.find_repo(repo_path or Path.cwd())]
-    tops = {str(r.top) for r in repo_list}
-    # what a branch holds is decided on the agents' latest commits (of these repositories only)
-    mgr.refresh_branches([s for s in mine if s.repo in tops], force=True)
-    actions: list[Action] = []
-    for repo in repo_list:
-        actions += _gc_repo(mgr, repo, [s for s in mine if s.repo == str(repo.top)], every)
-    from sandbox import isolation
-
-    return actions + _gc_state(mgr, actions, every) + _gc_proxies(
-        mgr, {s.name for s in every}, isolation.everything(mgr.engine, mgr.settings.run_id)) + _gc_pool(mgr)
-
-
-def _gc_pool(mgr: SandboxManager) -> list[Action]:
-    """Warm pool slots that serve nobody: unclaimed ones whose container is gone or stopped (a healthy
-    one is never touched: `sandbox pool --size 0` empties a pool), a claim cut short (no claim
-    record a minute on), and a claimed agent's slot whose container is gone (its work read and,
-    when at risk, backed up first, as for any workspace without a container)."""
-    from sandbox import pool
-    from sandbox.manager import Source
-
-    data = mgr.settings.data_dir
-    containers = {c["Id"]: c for c in mgr.engine.list_containers([L.POOL])}
-    claimed = pool.claims(data)
-    settled = time.time() - 60
-    out: list[Action] = []
-    for key in sorted(pool.records(data)):
-        for found in pool.slots(data, key):
-            cid = found.container_id() or ""
-            c = containers.get(cid)
-            alive = c is not None and c.get("State") in ("running", "created", "restarting")
-            claim_file = found.dir / "claim.json"
-            if not found.claimed:
-                if alive or (not cid and pool.mtime(found.dir) > settled):
-                    continue  # (healthy, or being made right now)
-
-                def drop_free(found: pool.Slot = found, cid: str = cid) -> str | None:
-                    if not pool.claim(found):
-                        return "kept: a spawn claimed it"
-                    if cid:
-                        mgr.engine.remove(cid)
-                    pool.drop_slot(found)
-                    return None
-                out.append(Action("pool", found.id, "its container is gone or stopped", run=drop_free))
-            elif not claim_file.exists():
-                if pool.mtime(found.dir / "claimed") > settled:
-                    continue  # (a spawn is claiming it)
-
-                def drop_cut(found: pool.Slot = found, cid: str = cid) -> str | None:
-                    if cid:
-                        mgr.engine.remove(cid)
-                    pool.drop_slot(found)
-                    return None
-                out.append(Action("pool", found.id, "claimed by a spawn that was cut short", run=drop_cut))
-            elif c is None:
-                labels = claimed.get(found.id) or {}
-                if not labels.get(L.NAME) or not labels.get(L.GITDIR):
-                    continue
-                repo = gitops.Repo(top=Path(labels.get(L.REPO, "")), common_dir=Path(labels[L.GITDIR]))
-                src = Source(name=labels[L.NAME], repo=repo, branch=labels.get(L.BRANCH, BRANCH_PREFIX + labels[L.NAME]),
-                             workspace=found.workspace, agent_git=found.agent_git,
-                             uid=int(labels.get(L.UID) or 0) or mgr.settings.uid_gid()[0], image=mgr.settings.image)
-                work = read(mgr, src)
-                if not work.readable:
-                    out.append(Action("keep", str(found.dir), f"no container, and its work cannot be read: {work.reason}"))
-                    continue
-                at_risk = risk(work)
-
-                def drop_claimed(found: pool.Slot = found, src: Source = src, work: Work = work,
-                                 at_risk: Risk = at_risk) -> str | None:
-                    saved = backup(work) if at_risk else None
-                    mgr.drop_workspace(src)
-                    pool.drop_slot(found)
-                    return f"saved first as {saved.ref}" if saved else None
-                out.append(Action("workspace", str(found.workspace), f"agent {src.name}'s (warm pool) with no container"
-                                  + (f", {at_risk.describe()} backed up first" if at_risk else ""), run=drop_claimed))
-    return out
-
-
-def _gc_state(mgr: SandboxManager, actions: list[Action], every: list[Sandbox]) -> list[Action]:
-    """State dirs of agents that are gone (no container, no workspace left in any repository, once
-    the planned actions ran) and the locks of spawns that died."""
-    from sandbox.spec import CONTAINER_PREFIX
-
-    settings = mgr.settings
-    removed = {a.target.removeprefix(CONTAINER_PREFIX) for a in actions if a.kind == "container"}  # (they take theirs)
-    dropping = {Path(a.target).name for a in actions if a.kind == "workspace"}
-    everywhere = {p.name for d in _dirs(settings.data_dir / "workspaces") for p in _dirs(d)} - dropping
-    names = {s.name for s in every} - removed
-    out: list[Action] = []
-    for state_dir in _dirs(settings.data_dir / "state"):
-        name = state_dir.name
-        if name in names or name in removed or name in everywhere or mgr.spawning(name):
-            continue
-        out.append(Action("state", str(state_dir), "the agent is gone",
-                          run=lambda d=state_dir: shutil.rmtree(d, ignore_errors=True)))
-    lock_dir = settings.data_dir / "spawning"
-    for lock in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
-        if not mgr.spawning(lock.name[:-5]):  # the lock of a spawn that died
-            out.append(Action("state", str(lock), "the lock of a spawn that was cut short",
-                              run=lambda p=lock: p.unlink(missing_ok=True)))
-    return out
-
-
-def _gc_proxies(mgr: SandboxManager, agents: set[str], candidates: list[dict[str, Any]]) -> list[Action]:
-    """Proxies and internal networks of isolated agents that are gone (a spawn cut short): they hold
-    no work, and the model proxy holds the key, so they go. Younger than a minute: a spawn may be
-    making them right now (its agent comes a moment after), so they stay."""
-    settled = time.time() - 60
-    young = {c["Labels"][L.PROXY_OF] for c in candidates if _created(c) > settled}
-    orphans = {c["Labels"][L.PROXY_OF] for c in candidates} - agents - young
-    return [Action("proxy", name, "isolated agent's proxies and network; the agent is gone",
-                   run=lambda name=name: mgr.drop_isolation(name)) for name in sorted(orphans)]
-
-
-def _created(obj: dict[str, Any]) -> float:
-    """Epoch seconds an engine object was made: containers say a number, networks an ISO time."""
-    raw = obj.get("Created")
-    if isinstance(raw, (int, float)):
-        return float(raw)
-    try:
-        return datetime.fromisoformat(str(raw)[:26].rstrip("Z")).replace(tzinfo=timezone.utc).timestamp()
-    except ValueError:
-        return time.time()  # unknown: treated as young (kept)
-
-
-def _dirs(path: Path) -> list[Path]:
-    """Real subdirectories (no symlinks), sorted; none when ``path`` is not a real directory."""
-    if not path.is_dir() or path.is_symlink():
-        return []
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink())
-
-
-def _repo_of_workspace(mgr: SandboxManager, ws: Path) -> gitops.Repo | None:
-    """The host repository an orphaned workspace came from, from the host's own record (never from
-    a file the agent could write)."""
-    top = mgr.repo_record(ws.parent.name)
-    if top is None:
-        return None
-    try:
-        found = gitops.find_repo(top)
-    except SandboxError:
-        return None
-    return found if found.slug == ws.parent.name else None
-
-
-def _gc_repo(mgr: SandboxManager, repo: gitops.Repo, mine: list[Sandbox], every: list[Sandbox]) -> list[Action]:
-    from sandbox.manager import Source
-
-    settings = mgr.settings
-    actions: list[Action] = []
-    live = {s.labels.get(L.WORKTREE) for s in every}
-    gone: set[str] = set()
-    # 1. our containers whose workspace is gone (its commits are brought over first); and containers
-    #    a spawn created but never started (it was cut short: the agent never ran), with their workspace
-    for s in mine:
-        if s.engine_state == "created" and not mgr.spawning(s.name):
-            gone.add(s.container_id)
-            live.discard(s.labels.get(L.WORKTREE))  # (its workspace: step 2, read and saved as any orphan)
-
-            def drop_unstarted(s: Sandbox = s) -> str | None:
-                mgr.drop_container(s)
-                shutil.rmtree(s.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
-                return None
-            actions.append(Action("container", s.container_name, "created by a spawn that was cut short; never started",
-                                  run=drop_unstarted))
-        elif not s.worktree.exists():
-            gone.add(s.container_id)
-
-            def drop_container(s: Sandbox = s) -> str | None:
-                src = mgr.source(s)
-                mgr.sync(src, snapshot=False)
-                mgr.drop_container(s)
-                mgr.drop_workspace(src)
-                shutil.rmtree(s.labels.get(L.STATE_DIR, "/nonexistent"), ignore_errors=True)
-                return None
-            actions.append(Action("container", s.container_name, f"workspace {s.worktree} is gone", run=drop_container))
-    # 2. our workspaces with no container: read once more (a reader container), saved when at risk
-    slug_dir = settings.data_dir / "workspaces" / repo.slug
-    dropping: set[str] = set()
-    for ws in _dirs(slug_dir):
-        if str(ws) in live:
-            continue
-        if mgr.spawning(ws.name):
-            actions.append(Action("keep", str(ws), "a spawn is making it"))
-            continue
-        src = Source(name=ws.name, repo=repo, branch=BRANCH_PREFIX + ws.name, workspace=ws,
-                     agent_git=settings.data_dir / "agent-git" / repo.slug / ws.name,
-                     uid=os.lstat(ws).st_uid or settings.uid_gid()[0], image=settings.image)
-        work = read(mgr, src)
-        if not work.readable:
-            actions.append(Action("keep", str(ws), f"no container, and its work cannot be read: {work.reason}"))
-            continue
-        at_risk = risk(work)
-
-        def drop(src: Source = src, work: Work = work, at_risk: Risk = at_risk) -> str | None:
-            saved = backup(work) if at_risk else None
-            mgr.drop_workspace(src)
-            return f"saved first as {saved.ref}" if saved else None
-        dropping.add(ws.name)
-        actions.append(Action("workspace", str(ws), "no container" + (
-            f", {at_risk.describe()} backed up first" if at_risk else ""), run=drop))
-    # 2b. an agent's git dir with neither workspace nor container (a removal cut short): its commits
-    #     brought over (a reader container), then removed
-    for agent_git in _dirs(settings.data_dir / "agent-git" / repo.slug):
-        name = agent_git.name
-        if (slug_dir / name).exists() or any(s.name == name for s in every) or mgr.spawning(name):
-            continue
-        src = Source(name=name, repo=repo, branch=BRANCH_PREFIX + name, workspace=slug_dir / name, agent_git=agent_git,
-                     uid=os.lstat(agent_git).st_uid or settings.uid_gid()[0], image=settings.image)
-
-        def drop_git(src: Source = src) -> str | None:
-            synced = mgr.sync(src, snapshot=False)
-            if not synced.ok:
-                return f"kept: its commits cannot be read ({synced.reason})"
-            mgr.drop_workspace(src)
-            return None
-        actions.append(Action("workspace", str(agent_git), "an agent's repository with no workspace or container",
-                              run=drop_git))
-    # 3. sandbox/* branches of removed agents that are merged (and their workspace snapshots)
-    live_branches = {s.branch for s in every if s.container_id not in gone and s.repo == str(repo.top)}
-    checked = set(_checked_out(repo))
-    for ref in gitops.git(repo.top, "for-each-ref", "--format=%(refname)", "refs/heads/" + BRANCH_PREFIX).stdout.split():
-        branch = ref[len("refs/heads/"):]
-        name = branch[len(BRANCH_PREFIX):]
-        if branch in live_branches or branch in checked:
-            continue
-        unsaved = unsaved_commits(repo, ref)
-        if unsaved:
-            actions.append(Action("keep", branch, f"{len(unsaved)} commit(s) neither merged nor pushed"))
-        else:
-            def drop_branch(branch: str = branch, name: str = name) -> str | None:
-                if unsaved_commits(repo, f"refs/heads/{branch}"):  # moved since the plan: keep it
-                    return "kept: it holds new commits"
-                gitops.branch_delete(repo, branch)
-                gitops.ref_delete(repo, wip_ref(name))
-                return None
-            actions.append(Action("branch", branch, "merged", run=drop_branch))
-    return actions

@@ -59,13 +59,13 @@ def one_error_line(res, code: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def nothing_left(env: Env, repo: Path) -> None:
-    assert leftovers(env, repo) == {"containers": [], "worktrees": [], "branches": [], "registered": []}
+    assert leftovers(env, repo) == {"containers": [], "workspaces": [], "branches": [], "registered": []}
 
 
 def received(env: Env, name: str, file: str = "received.bin", timeout: float = 30) -> bytes:
-    worktree = Path(env.ok("ls", "--json").json()[0]["worktree"])
-    wait_for(lambda: (worktree / file).exists(), timeout, f"{file} in the workspace")
-    return (worktree / file).read_bytes()
+    workspace = Path(env.ok("ls", "--json").json()[0]["workspace"])
+    wait_for(lambda: (workspace / file).exists(), timeout, f"{file} in the workspace")
+    return (workspace / file).read_bytes()
 
 
 def agent_argv(name: str, binary: str) -> list[bytes]:

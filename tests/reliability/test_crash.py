@@ -36,7 +36,7 @@ def outcome(step: str, which: str) -> None:
 
 def nothing_of_ours(env: Env, repo: Path) -> None:
     left = leftovers(env, repo)
-    assert left == {"containers": [], "worktrees": [], "branches": [], "registered": []}, left
+    assert left == {"containers": [], "workspaces": [], "branches": [], "registered": []}, left
     assert not [p for p in (env.data / "state").glob("*")], "state dirs left"
     assert not [p for p in (env.data / "spawning").glob("*")], "spawn locks left"
 

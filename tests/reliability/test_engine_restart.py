@@ -75,7 +75,7 @@ def test_agents_come_back_after_an_engine_restart(engine: PrivateEngine, tmp_pat
     wait_for(lambda: all(rows(env)[n]["state"] in ("idle", "busy") for n in [claude, *shells]), 90, "ready again")
     t_ready = time.monotonic() - t0
     for name in [*shells, stopped]:
-        ws = Path(before[name]["worktree"])
+        ws = Path(before[name]["workspace"])
         assert (ws / "c.txt").read_text() == f"{name}\n" and (ws / "wip.txt").read_text() == f"wip-{name}\n"
         env.ok("sync", name)
         assert git(repo, "show", f"sandbox/{name}:c.txt").strip() == name

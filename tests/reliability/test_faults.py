@@ -27,7 +27,7 @@ def with_work(env: Env, repo: Path, name: str, *extra: str) -> Path:
     res = env.run("exec", name, "--", "sh", "-c",
                   f"echo {name} > c.txt && git add c.txt && git commit -qm {name} && echo wip-{name} > wip.txt")
     assert res.code == 0, res.err
-    return Path(row(env, name)["worktree"])
+    return Path(row(env, name)["workspace"])
 
 
 def intact(ws: Path, name: str) -> None:
@@ -49,26 +49,31 @@ def world(tmp_path: Path, agent_image: str) -> tuple[Env, Path]:
 def test_oom_kill_and_fork_bomb(world) -> None:  # type: ignore[no-untyped-def]
     env, repo = world
     env.env.update(SANDBOX_MEMORY="128m", SANDBOX_PIDS_LIMIT="64")
-    ws = with_work(env, repo, "oom")
-    env.ok("send", "oom", "python3 -c 'b = bytearray(700 * 2**20); print(len(b))'; echo after-oom")
-    wait_for(lambda: "after-oom" in env.ok("logs", "oom").out.split("echo after-oom")[-1], 60, "the hog to be killed")
-    r = row(env, "oom")
-    assert r["oom_kills"] and r["oom_kills"] >= 1 and r["state"] in ("idle", "busy") and r["attempt"] == 1, r
-    assert "OOM-killed" in env.ok("ls").out
-    intact(ws, "oom")
+    try:
+        ws = with_work(env, repo, "oom")
+        env.ok("send", "oom", "python3 -c 'b = bytearray(700 * 2**20); print(len(b))'; echo after-oom")
+        wait_for(lambda: "after-oom" in env.ok("logs", "oom").out.split("echo after-oom")[-1], 60, "the hog to be killed")
+        r = row(env, "oom")
+        assert r["oom_kills"] and r["oom_kills"] >= 1 and r["state"] in ("idle", "busy") and r["attempt"] == 1, r
+        assert "OOM-killed" in env.ok("ls").out
+        intact(ws, "oom")
 
-    ws2 = with_work(env, repo, "bomb")
-    env.ok("send", "bomb", "f(){ f|f& }; f")
-    wait_for(lambda: (row(env, "bomb")["pids_limit_hits"] or 0) > 0, 60, "the pids limit to be hit")
-    healthy = host_healthy(env)
-    assert row(env, "bomb")["engine_state"] == "running"
-    intact(ws2, "bomb")
-    env.ok("stop", "bomb", timeout=120)  # the bomb goes with the container; the work stays
-    assert row(env, "bomb")["state"] in ("stopped", "exited")
-    for name, w in (("oom", ws), ("bomb", ws2)):
-        env.ok("rm", "--force", name, timeout=120)
-        refs = git(repo, "for-each-ref", "--format=%(refname)", f"refs/sandbox/backup/{name}/").split()
-        assert any(git(repo, "show", f"{ref}:wip.txt").strip() == f"wip-{name}" for ref in refs)
+        ws2 = with_work(env, repo, "bomb")
+        env.ok("send", "bomb", "f(){ f|f& }; f")
+        wait_for(lambda: (row(env, "bomb")["pids_limit_hits"] or 0) > 0, 60, "the pids limit to be hit")
+        healthy = host_healthy(env)
+        assert row(env, "bomb")["engine_state"] == "running"
+        intact(ws2, "bomb")
+        env.ok("stop", "bomb", timeout=120)  # the bomb goes with the container; the work stays
+        got = row(env, "bomb")
+        assert got["state"] in ("stopped", "exited"), (got["state"], got["reason"])
+        for name, w in (("oom", ws), ("bomb", ws2)):
+            env.ok("rm", "--force", name, timeout=120)
+            refs = git(repo, "for-each-ref", "--format=%(refname)", f"refs/sandbox/backup/{name}/").split()
+            assert any(git(repo, "show", f"{ref}:wip.txt").strip() == f"wip-{name}" for ref in refs)
+    finally:  # (a failure here must not leave two agents for the tests after it to find)
+        for name in ("oom", "bomb"):
+            env.run("rm", "--force", name, timeout=120)
     record("faults oom+fork bomb", {"oom_kills": r["oom_kills"], "host_ls_during_bomb_s": round(healthy, 2)})
 
 

@@ -69,7 +69,7 @@ def test_load_spawn_then_remove(tmp_path: Path, agent_image: str) -> None:
     finally:
         proxy.close()
         env.env.pop("DOCKER_HOST")
-    assert leftovers(env, repo) == {"containers": [], "worktrees": [], "branches": [], "registered": []}
+    assert leftovers(env, repo) == {"containers": [], "workspaces": [], "branches": [], "registered": []}
     assert not list((env.data / "state").glob("*")) and not list((env.data / "spawning").glob("*"))
     assert env.ok("gc", cwd=repo).out.count("would rm") == 0
     n_retries = len(retries.read_text().splitlines()) if retries.exists() else 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sandbox import __version__, contract, labels as L, proxy
 from sandbox.agents import AgentSpec
+from sandbox.contract import H
 
 CONTAINER_PREFIX = "sandbox-"
 
@@ -51,21 +52,27 @@ class Network:
 @dataclass(frozen=True)
 class Workspace:
     """The clone workspace mode: the agent's working files and its own git dir on the host, the host
-    repository's object store it borrows (read-only), and its state dir."""
+    repository's object store it borrows (read-only; None: it borrows nothing, its git dir holds a
+    pack of what its base reaches — the ``reachable`` objects mode), and its state dir."""
 
     path: Path
     agent_git: Path
-    objects: Path
+    objects: Path | None
     state_dir: Path
+
+    @property
+    def objects_mode(self) -> str:
+        return "reachable" if self.objects is None else "shared"
 
     def binds(self) -> tuple[Bind, ...]:
         """The workspace (rw) under a read-only ``.git`` file that points at the agent's own git dir (rw,
-        at a path that exists only in the container), the host's objects read-only, the state dir."""
+        at a path that exists only in the container), the host's objects read-only (when shared), the
+        state dir."""
         return (
             Bind(str(self.path), str(self.path)),
             Bind(str(self.path / ".git"), str(self.path / ".git"), read_only=True),
             Bind(str(self.agent_git), contract.AGENT_GIT),
-            Bind(str(self.objects), str(self.objects), read_only=True),
+            *([Bind(str(self.objects), str(self.objects), read_only=True)] if self.objects is not None else []),
             Bind(str(self.state_dir), contract.STATE_MOUNT),
         )
 
@@ -76,7 +83,8 @@ class ContainerSpec:
 
     name: str                                  # the container's name (sandbox-NAME)
     image: str                                 # an image ID (never pulled)
-    user: tuple[int, int]                      # uid, gid: never 0
+    user: tuple[int, int]                      # the agent's uid, gid: never 0 (the container's own user is
+                                               # root when ``launch.uid`` is set: see ``supervised``)
     workdir: str
     labels: dict[str, str]
     env: dict[str, str]
@@ -92,6 +100,20 @@ class ContainerSpec:
     runtime: str | None = None                 # OCI runtime (None: the engine's default)
     isolation: Isolation | None = None         # the isolated profile's proxies (made first by the runner)
     engine_restarts: bool = True               # unless-stopped; False: never (a headless run's exit is its result)
+    ports: tuple[int, ...] = ()                # container TCP ports published on the host's 127.0.0.1 only
+    port_hosts: tuple[tuple[int, int], ...] = ()  # (container port, the host port chosen for it); else the engine's pick
+
+    @property
+    def supervised(self) -> bool:
+        """The container starts as root with only ``contract.SUPERVISOR_CAPS``: its supervisor runs the
+        agent as ``user`` with none (``Launch.uid``; headless: ``SANDBOX_AGENT_UID``, and the supervisor
+        alone holds the git token and pushes). False: all as ``user``."""
+        return bool(self.launch.uid)
+
+    @property
+    def container_user(self) -> tuple[int, int]:
+        """The uid:gid the container (its init, tmux, a plain ``docker exec``) runs as."""
+        return (0, 0) if self.supervised else self.user
 
     def files(self) -> dict[str, tuple[bytes, int]]:
         """What is copied into ``contract.LAUNCH_DIR`` (``put_archive``) before start: name -> (content,
@@ -225,7 +247,14 @@ class Request:
     model_upstream: str | None = None        # isolated: where the model proxy forwards
     egress_network: str | None = None        # isolated: the proxies' way out (default: ``network``)
     max_cost: float | None = None            # USD budget (the container's hooks judge it)
+    disk: int = 0                            # bytes of workspace + git + state dir (the host watches it; 0: none)
     prices: list[dict[str, dict[str, float]]] | None = None  # the price table for the budget (sandbox.usage)
+    extra_labels: tuple[tuple[str, str], ...] = ()  # e.g. a plan's (labels.PLAN, …): static facts of the caller
+    ports: tuple[int, ...] = ()              # container ports published on 127.0.0.1 (a free host port each)
+    port_hosts: tuple[tuple[int, int], ...] = ()  # the host ports chosen (``HOST:CONTAINER``, ``port_range``)
+    setup: str = ""                          # `[setup] run`: run in the container before the agent (Launch.setup)
+    setup_rerun: bool = False                # ... again at every start of the container
+    setup_timeout: float = 900.0             # ... killed (failed) past this many seconds
 
 
 def labels_for(req: Request, ws: Workspace) -> dict[str, str]:
@@ -239,8 +268,9 @@ def labels_for(req: Request, ws: Workspace) -> dict[str, str]:
         L.GITDIR: str(req.common_dir),
         L.BRANCH: req.branch,
         L.BASE: req.base,
-        L.WORKTREE: str(ws.path),
+        L.WORKSPACE: str(ws.path),
         L.AGENT_GIT: str(ws.agent_git),
+        L.OBJECTS: ws.objects_mode,
         L.IMAGE: req.image_ref,
         L.PROFILE: req.profile,
         L.CREATED: req.created,
@@ -248,14 +278,17 @@ def labels_for(req: Request, ws: Workspace) -> dict[str, str]:
         L.TASK: L.summarize(req.task or ""),
         L.SESSION: req.name,
         L.UID: str(req.uid),
+        L.GID: str(req.gid),
         L.STATE_DIR: str(ws.state_dir),
         L.RETRIES: str(req.retries),
         L.MAX_TIME: f"{req.max_time:g}" if req.max_time else "",
         L.IDLE_TIMEOUT: f"{req.idle_timeout:g}" if req.idle_timeout else "",
         L.MAX_COST: f"{req.max_cost:g}" if req.max_cost else "",
+        L.DISK: str(req.disk) if req.disk else "",
     }
     if req.run_id:
         labels[L.RUN_ID] = req.run_id
+    labels.update({k: v for k, v in req.extra_labels if k.startswith(L.PREFIX) and k not in labels})
     return labels
 
 
@@ -283,6 +316,11 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         max_cost=req.max_cost or 0.0,
         prices=[dict(layer) for layer in req.prices] if req.max_cost and req.prices else None,
         resume=list(req.agent.resume),
+        uid=req.uid,
+        gid=req.gid,
+        setup=req.setup,
+        setup_rerun=req.setup_rerun,
+        setup_timeout=req.setup_timeout,
     )
     spec = ContainerSpec(
         name=CONTAINER_PREFIX + req.name,
@@ -290,7 +328,7 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         user=(req.uid, req.gid),
         workdir=str(ws.path),
         labels=labels_for(req, ws),
-        env={"SANDBOX_NAME": req.name},
+        env={H.NAME: req.name, **port_env(req.ports)},
         binds=ws.binds(),
         limits=Limits(memory=req.memory, nano_cpus=req.nano_cpus, pids=req.pids_limit),
         network=Network(req.network),
@@ -298,8 +336,17 @@ def build(req: Request, ws: Workspace) -> ContainerSpec:
         secrets=dict(req.secrets),
         nofile=req.nofile,
         runtime=req.runtime,
+        ports=tuple(req.ports), port_hosts=tuple(req.port_hosts),
     )
     return PROFILES[req.profile](spec, req)
+
+
+PORTS_PROFILES = ("default",)  # locked has no network; isolated's internal network publishes nothing
+
+
+def port_env(ports: tuple[int, ...]) -> dict[str, str]:
+    """What the agent is told of its published ports: ``SANDBOX_PORT`` (the first), ``SANDBOX_PORTS``."""
+    return {"SANDBOX_PORT": str(ports[0]), "SANDBOX_PORTS": ",".join(map(str, ports))} if ports else {}
 
 
 # -- the warm pool: the same container, started before its agent is known ------------------------------
@@ -313,8 +360,8 @@ def pool_parts(spec: ContainerSpec, ws: Workspace) -> dict[str, object]:
     return {"image": spec.image, "user": list(spec.user), "limits": asdict(spec.limits),
             "network": asdict(spec.network), "read_only_root": spec.read_only_root, "tmpfs": spec.tmpfs,
             "volumes": list(spec.volumes), "nofile": spec.nofile, "runtime": spec.runtime,
-            "restarts": spec.engine_restarts, "env": {k: v for k, v in spec.env.items() if k != "SANDBOX_NAME"},
-            "objects": str(ws.objects), "profile": spec.labels.get(L.PROFILE),
+            "restarts": spec.engine_restarts, "ports": list(spec.ports), "env": {k: v for k, v in spec.env.items() if k != H.NAME},
+            "objects": str(ws.objects or ""), "profile": spec.labels.get(L.PROFILE),
             "run_id": spec.labels.get(L.RUN_ID), "version": __version__}
 
 
@@ -329,7 +376,7 @@ def pooled(spec: ContainerSpec, key: str, slot: str) -> ContainerSpec:
               L.VERSION: __version__, L.UID: spec.labels.get(L.UID, "")}
     if spec.labels.get(L.RUN_ID):
         labels[L.RUN_ID] = spec.labels[L.RUN_ID]
-    env = {k: v for k, v in spec.env.items() if k != "SANDBOX_NAME"}
+    env = {k: v for k, v in spec.env.items() if k != H.NAME}
     env[contract.POOL_ENV] = "1"
     return replace(spec, name=POOL_CONTAINER_PREFIX + slot, labels=labels, env=env, secrets={})
 
@@ -385,37 +432,41 @@ class HeadlessRequest:
 
 def headless_env(req: HeadlessRequest) -> dict[str, str]:
     """The headless contract's variables (``contract.HEADLESS_ENV``) for ``req``: no secret among them."""
+    file_ = contract.SECRET_FILE  # (the secrets: files in the launch dir, named by NAME_FILE)
     env = {
-        "SANDBOX_REPO": req.repo_url,
-        "SANDBOX_TASK": req.task,
-        "SANDBOX_PUSH_BRANCH": req.branch,
-        "SANDBOX_NAME": req.name,
-        "SANDBOX_SESSION": req.name,
-        "SANDBOX_AGENT": req.agent.name if req.agent.name != "custom" else "claude",
-        "SANDBOX_RETRIES": str(req.retries),
-        "SANDBOX_ON_DONE": "exit",   # the cloud behaviour: the exit code is the result
-        "SANDBOX_ATTEMPT": "0",
+        H.REPO: req.repo_url,
+        H.TASK: req.task,
+        H.PUSH_BRANCH: req.branch,
+        H.NAME: req.name,
+        H.SESSION: req.name,
+        H.AGENT: req.agent.name if req.agent.name != "custom" else "claude",
+        H.RETRIES: str(req.retries),
+        H.ON_DONE: "exit",   # the cloud behaviour: the exit code is the result
+        H.ATTEMPT: "0",
     }
-    optional = {"SANDBOX_BASE": req.base, "SANDBOX_MODEL": req.model, "SANDBOX_AGENT_CMD": req.agent_cmd,
-                "SANDBOX_MAX_TIME": f"{req.max_time:g}" if req.max_time else None,
-                "SANDBOX_WIP_INTERVAL": f"{req.wip_interval:g}" if req.wip_interval else None,
-                "SANDBOX_GIT_NAME": req.git_identity.get("name"), "SANDBOX_GIT_EMAIL": req.git_identity.get("email"),
-                "SANDBOX_MOCK_MODEL": "1" if req.use_mock else None}
+    optional = {H.BASE: req.base, H.MODEL: req.model, H.AGENT_CMD: req.agent_cmd,
+                H.MAX_TIME: f"{req.max_time:g}" if req.max_time else None,
+                H.WIP_INTERVAL: f"{req.wip_interval:g}" if req.wip_interval else None,
+                H.GIT_NAME: req.git_identity.get("name"), H.GIT_EMAIL: req.git_identity.get("email"),
+                H.MOCK_MODEL: "1" if req.use_mock else None}
     env.update({k: v for k, v in optional.items() if v})
     files = contract.LAUNCH_DIR
     if req.git_token:
-        env["SANDBOX_GIT_TOKEN_FILE"] = f"{files}/git-token"
+        env[H.GIT_TOKEN + file_] = f"{files}/git-token"
     if req.api_key:
-        env["ANTHROPIC_API_KEY_FILE"] = f"{files}/anthropic-api-key"
+        env[H.API_KEY + file_] = f"{files}/anthropic-api-key"
     if req.mock_script:
-        env["SANDBOX_MOCK_SCRIPT_FILE"] = f"{files}/mock-script.json"
+        env[H.MOCK_SCRIPT_FILE] = f"{files}/mock-script.json"
+    env[H.AGENT_UID] = f"{req.uid}:{req.gid}"  # (the container starts as root: its supervisor)
     return env
 
 
 def build_headless(req: HeadlessRequest) -> HeadlessSpec:
     """The container for a headless agent on the local engine (pure): the image alone, as a Cloud
     Run-like host runs it — read-only root, tmpfs /tmp, limits, no restarts by the engine (a retry is
-    a new run with ``SANDBOX_ATTEMPT`` > 0) — plus this host's state dir, so `sandbox ls` reads it."""
+    a new run with ``SANDBOX_ATTEMPT`` > 0) — plus this host's state dir, so `sandbox ls` reads it. It
+    starts as root with only ``contract.SUPERVISOR_CAPS`` (``supervised``): the init reads the token
+    (root's, 0400) and pushes; the agent runs as ``req.uid`` with no credential."""
     if req.uid == 0:
         raise ValueError("the agent never runs as root")
     labels = {
@@ -434,7 +485,8 @@ def build_headless(req: HeadlessRequest) -> HeadlessSpec:
         payload["anthropic-api-key"] = (req.api_key.encode() + b"\n", 0o400)
     if req.mock_script:
         payload["mock-script.json"] = (json.dumps(req.mock_script).encode(), 0o400)
-    launch = contract.Launch(name=req.name, session=req.name, argv=list(req.agent.argv), workdir="/tmp")  # (a record)
+    launch = contract.Launch(name=req.name, session=req.name, argv=list(req.agent.argv), workdir="/tmp",  # (a record;
+                             uid=req.uid, gid=req.gid)  # its uid: the container starts as root, see `supervised`)
     return HeadlessSpec(
         name=CONTAINER_PREFIX + req.name, image=req.image_id, user=(req.uid, req.gid), workdir="/tmp", labels=labels,
         env=headless_env(req), binds=(Bind(str(req.state_dir), contract.STATE_MOUNT),),

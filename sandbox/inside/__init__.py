@@ -88,7 +88,9 @@ AGENT: list[int] = []
 # process is between two programs (parking, resuming: no handler yet) is lost, never fatal; both
 # sides look at the pane once their handler is in place.
 WAKE_SIGNAL = getattr(signal, C.WAKE_SIGNAL)
-WAKE: list[int] = []  # the read end of the wake FIFO, opened by prepare() (the supervisor sleeps on it)
+# What the supervisor sleeps on (_sleep selects on all): the read end of the signal pipe
+# (supervisor.install_wake) and of the wake FIFO (prepare()).
+WAKE: list[int] = []
 SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{7,127}$")  # a Claude Code session id (never an option)
 
 
